@@ -1,0 +1,44 @@
+# flannel-guard: `make run` serves the webhook on 127.0.0.1:8443 (standalone, self-signed),
+# `make test` runs the whole suite. Both set up everything themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CLUSTER_CIDR ?= 10.244.0.0/16
+PORT   ?= 8443
+
+.PHONY: all venv run test lint certs bench clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+certs: $(STAMP)
+	$(BIN)/flannel-guard certs --dev --out certs
+
+run: certs
+	@echo ""
+	@echo "flannel-guard on https://127.0.0.1:$(PORT) (standalone, cluster-cidr $(CLUSTER_CIDR))"
+	@echo "  curl --cacert certs/ca.crt https://127.0.0.1:$(PORT)/healthz"
+	@echo "  curl --cacert certs/ca.crt -H 'Content-Type: application/json' \\"
+	@echo "       --data @examples/review-configmap-wrong-network.json https://127.0.0.1:$(PORT)/validate"
+	@echo ""
+	$(BIN)/flannel-guard serve --standalone --cluster-cidr $(CLUSTER_CIDR) --port $(PORT) \
+		--tls-cert certs/tls.crt --tls-key certs/tls.key
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) tools
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) tools build *.egg-info .pytest_cache .ruff_cache .hypothesis
+
+include tools.mk

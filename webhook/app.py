@@ -1,0 +1,200 @@
+"""The HTTP shell: size, content type and JSON first, then a pure review, then one finishing function.
+
+Shaped after controller-runtime's ``pkg/webhook/admission/http.go``: every HTTP
+concern is settled before the handler runs, and a bug inside a rule still
+answers with the request's uid and a verdict chosen by the webhook's failure
+stance (a bug must never block node registration).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from webhook.admission import AdmissionRequest, BadReview, finish, parse_review
+from webhook.constants import (
+    ROUTE_HEALTHZ,
+    ROUTE_METRICS,
+    ROUTE_MUTATE,
+    ROUTE_READYZ,
+    ROUTE_VALIDATE,
+)
+from webhook.rules import ReviewInput, Verdict, decide, review
+from webhook.settings import Settings
+from webhook.state import ClusterState
+
+__all__ = ["Metrics", "create_app"]
+
+log = structlog.get_logger("flannel_guard")
+
+Reviewer = Callable[[ReviewInput], Verdict]
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "flannel_guard_admission_requests",
+            "Admission reviews answered, by kind, operation and verdict.",
+            ["webhook", "kind", "operation", "verdict"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flannel_guard_admission_duration_seconds",
+            "Time to answer one admission review.",
+            ["webhook", "kind"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "flannel_guard_bad_requests",
+            "Requests refused with HTTP 4xx before review, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.internal_errors = Counter(
+            "flannel_guard_internal_errors",
+            "Reviews that raised inside flannel-guard (answered by failure stance).",
+            ["webhook"],
+            registry=self.registry,
+        )
+
+
+def _bad(status: int, message: str, metrics: Metrics) -> JSONResponse:
+    metrics.bad_requests.labels(str(status)).inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; refuse before reading a body that says it is bigger."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadReview(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
+        except ValueError:
+            raise BadReview("invalid Content-Length") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadReview(f"body exceeds the {limit}-byte limit", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None = None) -> FastAPI:
+    """Build the ASGI app serving /validate, /mutate, /healthz, /readyz and /metrics."""
+    metrics = metrics or Metrics()
+    app = FastAPI(title="flannel-guard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = metrics
+    app.state.cluster = state
+
+    def validate(req: ReviewInput) -> Verdict:
+        view = state.view()
+        verdict = decide(review(req, view, settings.rules), settings.mode, view.notes)
+        if settings.standalone and verdict.allowed and not req.dry_run and req.kind == "Node":
+            # Standalone: the index holds what this process admitted.
+            if req.operation == "DELETE":
+                state.forget_node(req.name or "")
+            else:
+                state.record_node(req.object)
+        return verdict
+
+    def mutate(req: ReviewInput) -> Verdict:
+        # Allocation of a free podCIDR arrives with the mutating issue; until then
+        # /mutate admits unchanged and never blocks a node.
+        return Verdict(allowed=True)
+
+    async def handle(request: Request, webhook: str, reviewer: Reviewer) -> Response:
+        started = time.perf_counter()
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            return _bad(415, f"Content-Type must be application/json, got {ctype[:60]!r}", metrics)
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            _, adm = parse_review(body)
+        except BadReview as e:
+            return _bad(e.status, str(e), metrics)
+        verdict = _run(webhook, reviewer, adm, metrics)
+        elapsed = time.perf_counter() - started
+        kind = adm.kind.kind
+        outcome = "allowed" if verdict.allowed else "denied"
+        if verdict.allowed and verdict.warnings:
+            outcome = "warned"
+        metrics.requests.labels(webhook, kind, adm.operation, outcome).inc()
+        metrics.latency.labels(webhook, kind).observe(elapsed)
+        log.info(
+            "admission",
+            webhook=webhook,
+            uid=adm.uid[:64],
+            kind=kind,
+            namespace=(adm.namespace or "")[:64],
+            name=(adm.name or "")[:128],
+            operation=adm.operation,
+            dry_run=adm.dryRun,
+            verdict=outcome,
+            reason=verdict.reason,
+            warnings=len(verdict.warnings),
+            latency_ms=round(elapsed * 1000, 3),
+        )
+        return JSONResponse(finish(adm.uid, verdict))
+
+    @app.post(ROUTE_VALIDATE)
+    async def validate_route(request: Request) -> Response:
+        return await handle(request, "validate", validate)
+
+    @app.post(ROUTE_MUTATE)
+    async def mutate_route(request: Request) -> Response:
+        return await handle(request, "mutate", mutate)
+
+    @app.get(ROUTE_HEALTHZ)
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get(ROUTE_READYZ)
+    async def readyz() -> Response:
+        if state.ready:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)
+
+    @app.get(ROUTE_METRICS)
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _run(webhook: str, reviewer: Reviewer, adm: AdmissionRequest, metrics: Metrics) -> Verdict:
+    """Run a reviewer; a bug inside it answers by failure stance instead of a 500."""
+    try:
+        return reviewer(adm.to_input())
+    except Exception:
+        metrics.internal_errors.labels(webhook).inc()
+        log.exception("review failed", webhook=webhook, uid=adm.uid[:64], kind=adm.kind.kind)
+        # Nodes: never block registration on our bug. The flannel ConfigMap: refuse, since
+        # its webhook is failurePolicy Fail anyway and the operator can retry.
+        allowed = adm.kind.kind != "ConfigMap"
+        return Verdict(
+            allowed=allowed,
+            code=500,
+            reason="InternalError",
+            message="flannel-guard failed to review this request (see its logs); retry, or"
+            " check the webhook's health.",
+            warnings=("flannel-guard: internal error; admitted without review",) if allowed else (),
+        )
+

@@ -1,0 +1,160 @@
+"""``flannel-guard check``: the admission rules applied to manifest files (CI, GitOps).
+
+Reads multi-document YAML or JSON (kube-flannel.yml, Node manifests, the output
+of ``kubectl get nodes -o json``) and judges every flannel ConfigMap and Node as
+if it were being created. Nodes in the files form the node index, so two Nodes
+sharing a podCIDR are both reported.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webhook.cidr import NodeCidrIndex, parse_cidr
+from webhook.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
+from webhook.rules.node import node_name, pod_cidrs
+
+__all__ = ["CheckReport", "InputError", "check_documents", "load_documents", "render"]
+
+
+class InputError(Exception):
+    """A file could not be read or parsed (exit code 2)."""
+
+
+@dataclass
+class ObjectReport:
+    source: str
+    kind: str
+    name: str
+    findings: list[Finding]
+
+
+@dataclass
+class CheckReport:
+    objects: list[ObjectReport] = field(default_factory=list)
+    cluster_cidr: str = "unknown"
+
+    @property
+    def violations(self) -> int:
+        return sum(1 for o in self.objects for f in o.findings if f.severity is Severity.ERROR)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.violations else 0
+
+
+def _flatten(doc: object) -> Iterator[dict[str, Any]]:
+    if not isinstance(doc, dict):
+        return
+    items = doc.get("items")
+    if isinstance(items, list) and str(doc.get("kind", "")).endswith("List"):
+        for item in items:
+            yield from _flatten(item)
+    else:
+        yield doc
+
+
+def load_documents(paths: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every Kubernetes object in ``paths`` (``-`` is standard input), with where it came from."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot read: {e}") from None
+        try:
+            docs = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not YAML or JSON: {str(e)[:300]}") from None
+        for i, doc in enumerate(docs):
+            for obj in _flatten(doc):
+                out.append((f"{path}#{i + 1}", obj))
+    return out
+
+
+def check_documents(
+    objects: list[tuple[str, dict[str, Any]]],
+    *,
+    cluster_cidr: tuple[Any, ...] | None,
+    cidr_source: str,
+    mask_v4: int,
+    mask_v6: int,
+    settings: RuleSettings,
+) -> CheckReport:
+    """Judge every flannel ConfigMap and Node among ``objects``."""
+    index = NodeCidrIndex()
+    for _, obj in objects:
+        if obj.get("kind") == "Node" and node_name(obj):
+            nets = []
+            for text in pod_cidrs(obj):
+                try:
+                    parsed = parse_cidr(text)
+                except ValueError:
+                    continue
+                if not parsed.host_bits_set:
+                    nets.append(parsed.network)
+            index.set(node_name(obj), nets)
+    view = ClusterView(cluster_cidr=cluster_cidr, cidr_source=cidr_source, nodes=index,
+                       mask_v4=mask_v4, mask_v6=mask_v6)
+    # In a file, a ConfigMap without a namespace is judged by its name alone.
+    names = {name for _, name in settings.flannel_configmaps}
+    report = CheckReport(cluster_cidr=view.describe_cidr())
+    for source, obj in objects:
+        kind = obj.get("kind")
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        name = str(meta.get("name", ""))
+        namespace = meta.get("namespace")
+        if kind == "ConfigMap":
+            if namespace is None and name in names:
+                namespace = next(ns for ns, n in sorted(settings.flannel_configmaps) if n == name)
+            if (namespace, name) not in settings.flannel_configmaps:
+                continue
+        elif kind != "Node":
+            continue
+        req = ReviewInput(kind=str(kind), operation="CREATE", namespace=namespace, name=name,
+                          object=obj, old_object=None)
+        findings = review(req, view, settings)
+        report.objects.append(ObjectReport(source, str(kind),
+                                           f"{namespace}/{name}" if namespace else name, findings))
+    return report
+
+
+def render(report: CheckReport, output: str) -> str:
+    if output == "json":
+        return json.dumps({
+            "clusterCIDR": report.cluster_cidr,
+            "violations": report.violations,
+            "objects": [
+                {
+                    "source": o.source, "kind": o.kind, "name": o.name,
+                    "findings": [
+                        {"severity": f.severity.value, "code": f.code, "summary": f.summary,
+                         "detail": f.detail, "fix": f.fix}
+                        for f in o.findings
+                    ],
+                }
+                for o in report.objects
+            ],
+        }, indent=2)
+    lines = [f"cluster-cidr: {report.cluster_cidr}"]
+    for o in report.objects:
+        errs = [f for f in o.findings if f.severity is Severity.ERROR]
+        status = "FAIL" if errs else ("WARN" if o.findings else "ok")
+        lines.append(f"{status:4}  {o.kind} {o.name}  ({o.source})")
+        for f in o.findings:
+            lines.append(f"      {f.severity.value}: {f.summary}")
+            if f.detail:
+                lines.append(f"        {f.detail}")
+            if f.fix:
+                lines.append(f"        fix: {f.fix}")
+    if not report.objects:
+        lines.append("no flannel ConfigMap or Node found in the input")
+    lines.append(f"{report.violations} violation(s)")
+    return "\n".join(lines)

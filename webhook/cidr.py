@@ -1,0 +1,282 @@
+"""Pure CIDR math: strict parsing, cluster-cidr lists, and a sub-linear overlap index.
+
+Nothing here does I/O. Parsing is stricter than Python's :mod:`ipaddress` in the
+ways that matter to the tools this project sits between:
+
+* Go's ``net.ParseCIDR`` (what flannel uses, ``pkg/ip/ipnet.go``) and
+  ``k8s.io/utils/net.ParseCIDRSloppy`` / ``ParseCIDR`` (what the API server and
+  kube-controller-manager use) refuse whitespace, zone ids (``%eth0``) and a
+  missing prefix length; Go refuses IPv4 octets with leading zeros.
+* An IPv4-mapped IPv6 CIDR (``::ffff:10.0.0.0/104``) is read as IPv4 by Go's
+  ``To4()`` but as IPv6 by everything else: refused so that nobody relies on it.
+* Host bits set (``10.244.5.0/16``) are accepted by Go, which silently masks
+  them; :func:`parse_cidr` reports it so the caller can say so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sortedcontainers import SortedDict
+
+__all__ = [
+    "CidrError",
+    "IPNetwork",
+    "NodeCidrIndex",
+    "ParsedCidr",
+    "family_name",
+    "parse_cidr",
+    "parse_cidr_list",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_PREFIX_RE = re.compile(r"^[0-9]{1,3}$")
+
+
+class CidrError(ValueError):
+    """Raised when a text is not a CIDR that Go and Kubernetes would both read the same way."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCidr:
+    """A CIDR as written and as every tool reads it (host bits masked)."""
+
+    text: str
+    network: IPNetwork
+    host_bits_set: bool
+
+
+def family_name(network: IPNetwork) -> str:
+    """``"IPv4"`` or ``"IPv6"``."""
+    return "IPv4" if network.version == 4 else "IPv6"
+
+
+def parse_cidr(text: object) -> ParsedCidr:
+    """Parse one CIDR such as ``10.244.0.0/16`` or ``fd00:10:244::/56``.
+
+    Raises :class:`CidrError` with a reason a person can act on.
+    """
+    if not isinstance(text, str):
+        raise CidrError(f"expected a CIDR string, found {type(text).__name__}")
+    shown = _shorten(text)
+    if text == "":
+        raise CidrError("empty CIDR")
+    if text != text.strip() or any(c.isspace() for c in text):
+        raise CidrError(f"{shown} contains whitespace")
+    if "%" in text:
+        raise CidrError(f"{shown} has a zone id; a CIDR takes none")
+    addr, sep, prefix = text.partition("/")
+    if not sep:
+        raise CidrError(f"{shown} has no prefix length (write e.g. {addr}/24)")
+    if not _PREFIX_RE.match(prefix):
+        raise CidrError(f"{shown} has an invalid prefix length {prefix!r}")
+    try:
+        address = ipaddress.ip_address(addr)
+    except ValueError:
+        if ":" not in addr and any(
+            len(o) > 1 and o.startswith("0") for o in addr.split(".")
+        ):
+            raise CidrError(f"{shown}: IPv4 octets may not have leading zeros") from None
+        raise CidrError(f"{shown} is not an IP address with a prefix length") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise CidrError(
+            f"{shown} is an IPv4-mapped IPv6 CIDR; Go reads it as IPv4, Kubernetes as IPv6:"
+            " write the IPv4 CIDR instead"
+        )
+    bits = 32 if address.version == 4 else 128
+    if int(prefix) > bits:
+        raise CidrError(f"{shown}: prefix length {prefix} exceeds {bits}")
+    network = ipaddress.ip_network(text, strict=False)
+    return ParsedCidr(text=text, network=network, host_bits_set=network.network_address != address)
+
+
+def parse_cidr_list(text: str) -> tuple[IPNetwork, ...]:
+    """Parse a cluster-cidr value: one CIDR, or two comma-separated (dual-stack).
+
+    Follows kube-controller-manager (``cmd/kube-controller-manager/app/core.go``
+    ``processCIDRs`` and ``netutils.IsDualStackCIDRs``): at most two, and when two,
+    one per family. Order is kept: it decides which family is primary.
+    """
+    parts = [p.strip() for p in text.split(",")] if text else []
+    if not parts or any(p == "" for p in parts):
+        raise CidrError(f"{_shorten(text)!s} is not a CIDR or a comma-separated pair of CIDRs")
+    nets: list[IPNetwork] = []
+    for part in parts:
+        parsed = parse_cidr(part)
+        if parsed.host_bits_set:
+            raise CidrError(
+                f"{part} has host bits set; the network address is {parsed.network}"
+            )
+        nets.append(parsed.network)
+    if len(nets) > 2:
+        raise CidrError(f"{_shorten(text)}: at most two CIDRs (one IPv4, one IPv6)")
+    if len(nets) == 2 and nets[0].version == nets[1].version:
+        raise CidrError(f"{_shorten(text)}: two CIDRs must be one IPv4 and one IPv6")
+    return tuple(nets)
+
+
+def _shorten(text: str, limit: int = 64) -> str:
+    """Quote user input for a message, never unbounded."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+@dataclass
+class _Bucket:
+    """All indexed CIDRs of one family and one prefix length, sorted by address."""
+
+    by_start: SortedDict = field(default_factory=SortedDict)  # int -> set[str] of owners
+
+
+class NodeCidrIndex:
+    """Which node owns which pod CIDR, answering overlap queries in O(P log n).
+
+    P is the number of distinct prefix lengths in use (one or two in a real
+    cluster: every node gets ``--node-cidr-mask-size``), n the number of CIDRs.
+    Per node only its name and CIDRs are kept, never whole Node objects.
+
+    Two CIDRs overlap exactly when one contains the other, so a query for ``q``
+    looks up, for each prefix length ``p`` in use, either the one supernet of
+    ``q`` of length ``p`` (``p <= q.prefixlen``), or the range of starts inside
+    ``q`` (``p > q.prefixlen``).
+    """
+
+    def __init__(self) -> None:
+        self._by_node: dict[str, tuple[IPNetwork, ...]] = {}
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._by_node
+
+    def nodes(self) -> Iterator[tuple[str, tuple[IPNetwork, ...]]]:
+        """Every node with its CIDRs (a snapshot-safe iteration over a copy)."""
+        return iter(list(self._by_node.items()))
+
+    def cidrs_of(self, node: str) -> tuple[IPNetwork, ...]:
+        return self._by_node.get(node, ())
+
+    def set(self, node: str, cidrs: Iterable[IPNetwork]) -> None:
+        """Record ``node``'s CIDRs, replacing what it had (idempotent)."""
+        new = tuple(cidrs)
+        if self._by_node.get(node) == new:
+            return
+        self.remove(node)
+        if not new:
+            return
+        self._by_node[node] = new
+        for net in new:
+            bucket = self._buckets.setdefault((net.version, net.prefixlen), _Bucket())
+            owners = bucket.by_start.get(int(net.network_address))
+            if owners is None:
+                bucket.by_start[int(net.network_address)] = {node}
+            else:
+                owners.add(node)
+
+    def remove(self, node: str) -> None:
+        """Forget ``node`` and free its CIDRs (idempotent)."""
+        old = self._by_node.pop(node, ())
+        for net in old:
+            key = (net.version, net.prefixlen)
+            bucket = self._buckets[key]
+            start = int(net.network_address)
+            owners = bucket.by_start[start]
+            owners.discard(node)
+            if not owners:
+                del bucket.by_start[start]
+            if not bucket.by_start:
+                del self._buckets[key]
+
+    def replace_all(self, entries: Iterable[tuple[str, Iterable[IPNetwork]]]) -> None:
+        """Swap the whole content for ``entries`` (a relist)."""
+        self._by_node.clear()
+        self._buckets.clear()
+        for node, cidrs in entries:
+            self.set(node, cidrs)
+
+    def overlapping(
+        self, query: IPNetwork, *, exclude: str | None = None, limit: int = 5
+    ) -> list[tuple[str, IPNetwork]]:
+        """Up to ``limit`` (node, cidr) pairs whose CIDR overlaps ``query``."""
+        found: list[tuple[str, IPNetwork]] = []
+        start = int(query.network_address)
+        end = int(query.broadcast_address)
+        bits = query.max_prefixlen
+        for (version, plen), bucket in self._buckets.items():
+            if version != query.version:
+                continue
+            if plen <= query.prefixlen:
+                # The only candidate is the supernet of query with this prefix length.
+                key = start >> (bits - plen) << (bits - plen)
+                starts: Iterable[int] = (key,) if key in bucket.by_start else ()
+            else:
+                starts = bucket.by_start.irange(start, end)
+            for s in starts:
+                net = ipaddress.ip_network((s, plen))
+                for owner in sorted(bucket.by_start[s]):
+                    if owner != exclude:
+                        found.append((owner, net))
+                        if len(found) >= limit:
+                            return found
+        return found
+
+    def outside(
+        self, networks: Iterable[IPNetwork], *, limit: int = 5
+    ) -> tuple[int, list[tuple[str, IPNetwork]]]:
+        """Count CIDRs that lie in none of ``networks`` (per family), with the first ``limit``.
+
+        A family with no network in ``networks`` is not judged.
+        """
+        by_version: dict[int, list[IPNetwork]] = {}
+        for n in networks:
+            by_version.setdefault(n.version, []).append(n)
+        count = 0
+        sample: list[tuple[str, IPNetwork]] = []
+        for (version, plen), bucket in self._buckets.items():
+            nets = by_version.get(version)
+            if not nets:
+                continue
+            bits = 32 if version == 4 else 128
+            size = 1 << (bits - plen)
+            for s, owners in bucket.by_start.items():
+                inside = any(
+                    plen >= n.prefixlen
+                    and int(n.network_address) <= s
+                    and s + size - 1 <= int(n.broadcast_address)
+                    for n in nets
+                )
+                if not inside:
+                    count += len(owners)
+                    for owner in sorted(owners):
+                        if len(sample) < limit:
+                            sample.append((owner, ipaddress.ip_network((s, plen))))
+        return count, sample
+
+    def first_free(self, within: IPNetwork, prefixlen: int) -> IPNetwork | None:
+        """The lowest subnet of ``within`` of length ``prefixlen`` that overlaps no indexed CIDR.
+
+        Used to suggest a fix in a denial message. Skips over each occupied
+        range at once, so it costs O(k log n) for k occupied ranges in front of
+        the first gap, not one probe per candidate.
+        """
+        if prefixlen < within.prefixlen or prefixlen > within.max_prefixlen:
+            return None
+        bits = within.max_prefixlen
+        step = 1 << (bits - prefixlen)
+        candidate = int(within.network_address)
+        last = int(within.broadcast_address)
+        while candidate + step - 1 <= last:
+            net = ipaddress.ip_network((candidate, prefixlen))
+            hit = self.overlapping(net, limit=1)
+            if not hit:
+                return net
+            blocker = hit[0][1]
+            past = int(blocker.broadcast_address) + 1
+            # Next aligned candidate at or after the end of the blocking CIDR.
+            candidate = max(candidate + step, (past + step - 1) // step * step)
+        return None

@@ -1,0 +1,206 @@
+"""``flannel-guard serve | check | certs``: the command line (``python -m webhook`` is the same).
+
+Every flag of ``serve`` also reads ``FLANNEL_GUARD_<FLAG>`` from the environment
+(e.g. ``FLANNEL_GUARD_CLUSTER_CIDR``); a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from webhook import __version__
+from webhook.cidr import CidrError, parse_cidr_list
+from webhook.constants import NAMESPACE, SERVICE
+from webhook.rules import Mode, NetworkMatch, RuleSettings, Severity
+from webhook.settings import DEFAULT_CLUSTER_CIDR, Settings, env_default
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON logs, one line per event, on standard error."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _rule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"),
+                   help="the cluster's pod CIDR, or an IPv4,IPv6 pair (env FLANNEL_GUARD_CLUSTER_CIDR)")
+    p.add_argument("--node-cidr-mask-size", "--node-cidr-mask-size-ipv4", dest="mask_v4", type=int,
+                   default=int(env_default("node_cidr_mask_size", "24") or 24),
+                   help="prefix length of each node's IPv4 podCIDR (default 24, as kube-controller-manager)")
+    p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int,
+                   default=int(env_default("node_cidr_mask_size_ipv6", "64") or 64),
+                   help="prefix length of each node's IPv6 podCIDR (default 64)")
+    p.add_argument("--network-match", choices=[m.value for m in NetworkMatch],
+                   default=env_default("network_match", "exact"),
+                   help="flannel Network must equal the cluster-cidr (exact, default) or contain it")
+    p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
+                   help="a guarded flannel ConfigMap (repeatable; default kube-flannel/kube-flannel-cfg"
+                        " and kube-system/kube-flannel-cfg)")
+    p.add_argument("--arch", default=env_default("arch", _arch()),
+                   help="architecture flannel runs on, for backends that exist only on some (udp)")
+
+
+def _rule_settings(args: argparse.Namespace, unknown: Severity) -> RuleSettings:
+    names = RuleSettings().flannel_configmaps
+    if args.flannel_configmap:
+        pairs = set()
+        for item in args.flannel_configmap:
+            ns, sep, name = item.partition("/")
+            if not sep or not ns or not name:
+                raise SystemExit(f"--flannel-configmap {item!r}: expected NAMESPACE/NAME")
+            pairs.add((ns, name))
+        names = frozenset(pairs)
+    return RuleSettings(flannel_configmaps=names, network_match=NetworkMatch(args.network_match),
+                        unknown_cidr=unknown, arch=args.arch)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flannel-guard",
+        description="Admission webhook and tools that keep flannel's net-conf.json and Node"
+                    " podCIDRs consistent with the cluster-cidr.",
+    )
+    parser.add_argument("--version", action="version", version=f"flannel-guard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
+    _rule_args(serve)
+    serve.add_argument("--mode", choices=[m.value for m in Mode],
+                       default=env_default("mode", "enforce"),
+                       help="enforce: deny what is wrong; warn: admit with warnings")
+    serve.add_argument("--host", default=env_default("host", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(env_default("port", "8443") or 8443))
+    serve.add_argument("--tls-cert", type=Path, default=env_default("tls_cert"))
+    serve.add_argument("--tls-key", type=Path, default=env_default("tls_key"))
+    serve.add_argument("--client-ca", type=Path, default=env_default("client_ca"),
+                       help="only answer callers with a client certificate signed by this CA")
+    src = serve.add_mutually_exclusive_group()
+    src.add_argument("--standalone", action="store_true",
+                     help="no Kubernetes API: demo/test mode; the node index holds admitted Nodes")
+    src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    src.add_argument("--kubeconfig", type=Path, default=None)
+    serve.add_argument("--log-level", default=env_default("log_level", "info"))
+
+    check = sub.add_parser(
+        "check", help="check manifest files offline (exit 0 clean, 1 violations, 2 bad input)")
+    check.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files; - for stdin")
+    _rule_args(check)
+    check.add_argument("--output", "-o", choices=["text", "json"], default="text")
+
+    certs = sub.add_parser("certs", help="write a CA and a serving certificate for the webhook")
+    certs.add_argument("--service", default=SERVICE)
+    certs.add_argument("--namespace", default=NAMESPACE)
+    certs.add_argument("--out", type=Path, default=Path("certs"))
+    certs.add_argument("--days", type=int, default=365,
+                       help="validity of the serving certificate in days (default 365)")
+    certs.add_argument("--dns", action="append", default=[], help="an extra DNS SAN (repeatable)")
+    certs.add_argument("--ip", action="append", default=[], help="an extra IP SAN (repeatable)")
+    certs.add_argument("--dev", action="store_true",
+                       help="only if missing or expiring: add localhost and 127.0.0.1 (make run)")
+    return parser
+
+
+def _cidr_arg(text: str | None) -> tuple | None:
+    if not text:
+        return None
+    try:
+        return parse_cidr_list(text)
+    except CidrError as e:
+        raise SystemExit(f"flannel-guard: --cluster-cidr: {e}") from None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from webhook.check import InputError, check_documents, load_documents, render
+
+    cidr = _cidr_arg(args.cluster_cidr)
+    try:
+        objects = load_documents(args.files)
+    except InputError as e:
+        print(f"flannel-guard check: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    report = check_documents(
+        objects, cluster_cidr=cidr, cidr_source="--cluster-cidr" if cidr else "nowhere",
+        mask_v4=args.mask_v4, mask_v6=args.mask_v6,
+        # Offline, an unknown cluster-cidr is a gap in the input, not a violation.
+        settings=_rule_settings(args, Severity.WARNING),
+    )
+    print(render(report, args.output))
+    return report.exit_code
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from webhook import certs
+
+    if args.dev:
+        written = certs.ensure_dev_certs(args.out, service=args.service, namespace=args.namespace)
+        print(f"{'wrote' if written else 'kept'} development certificates in {args.out}/")
+        return EXIT_OK
+    bundle = certs.generate(args.service, args.namespace, days=args.days,
+                            extra_dns=args.dns, extra_ips=args.ip)
+    for path in certs.write_bundle(bundle, args.out):
+        print(path)
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from webhook.server import serve
+
+    configure_logging(args.log_level)
+    standalone = args.standalone or not (args.in_cluster or args.kubeconfig)
+    cidr_text = args.cluster_cidr or (DEFAULT_CLUSTER_CIDR if standalone else None)
+    if not (args.tls_cert and args.tls_key):
+        print("flannel-guard serve: --tls-cert and --tls-key are required (HTTPS only);"
+              " `flannel-guard certs --dev --out certs` makes a development pair", file=sys.stderr)
+        return EXIT_USAGE
+    settings = Settings(
+        host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        client_ca=args.client_ca, mode=Mode(args.mode), standalone=standalone,
+        kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
+        cluster_cidr=_cidr_arg(cidr_text), mask_v4=args.mask_v4, mask_v6=args.mask_v6,
+        rules=_rule_settings(args, Severity.ERROR), log_level=args.log_level,
+    )
+    if not standalone:
+        print("flannel-guard serve: live cluster mode (--in-cluster/--kubeconfig) is not built"
+              " yet; use --standalone", file=sys.stderr)
+        return EXIT_USAGE
+    source = "--cluster-cidr" if args.cluster_cidr else f"the built-in default {DEFAULT_CLUSTER_CIDR}"
+    asyncio.run(serve(settings, cidr_source=source))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _cmd_check(args)
+    if args.command == "certs":
+        return _cmd_certs(args)
+    return _cmd_serve(args)

@@ -1,0 +1,233 @@
+"""The flannel ConfigMap rule: ``net-conf.json`` must be what flannel accepts and match the cluster.
+
+Why equality: kubeadm's ``--pod-network-cidr`` becomes kube-controller-manager's
+``--cluster-cidr``, which hands out every Node's podCIDR; flannel
+(``pkg/subnet/kube/kube.go``, ``AcquireLease``) refuses a node whose podCIDR
+its ``Network`` does not contain. flannel's own docs and kube-flannel.yml ask
+for ``Network`` to be the cluster-cidr; ``--network-match contains`` relaxes
+this to what flannel strictly needs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from webhook.cidr import IPNetwork
+from webhook.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
+from webhook.rules.flannel import NetConf, parse_net_conf
+
+__all__ = ["CNI_CONF_KEY", "NET_CONF_KEY", "is_flannel_configmap", "review_configmap"]
+
+NET_CONF_KEY = "net-conf.json"
+CNI_CONF_KEY = "cni-conf.json"
+_MAX_NAMED = 5
+
+
+def _meta(obj: dict[str, Any] | None) -> dict[str, Any]:
+    meta = (obj or {}).get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_flannel_configmap(obj: dict[str, Any] | None, settings: RuleSettings,
+                         namespace: str | None = None) -> bool:
+    """Whether ``obj`` is one of the guarded flannel ConfigMaps."""
+    meta = _meta(obj)
+    ns = meta.get("namespace") or namespace or ""
+    return (ns, meta.get("name", "")) in settings.flannel_configmaps
+
+
+def _data(obj: dict[str, Any] | None) -> dict[str, Any]:
+    data = (obj or {}).get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def review_configmap(
+    operation: str,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+    view: ClusterView,
+    settings: RuleSettings,
+) -> list[Finding]:
+    """Judge a CREATE, UPDATE or DELETE of a flannel ConfigMap."""
+    if operation == "DELETE":
+        return _review_delete(old, settings)
+    if operation not in ("CREATE", "UPDATE"):
+        return []
+    data = _data(obj)
+    text = data.get(NET_CONF_KEY)
+    if text is None:
+        return [Finding(
+            Severity.ERROR, "MissingNetConf",
+            f"the flannel ConfigMap has no {NET_CONF_KEY} key.",
+            f"flannel reads /etc/kube-flannel/{NET_CONF_KEY} from it and fails at start"
+            " with 'failed to read net conf'.",
+            f"add data.{NET_CONF_KEY} as in kube-flannel.yml, with \"Network\": "
+            f"\"{view.describe_cidr().split(',')[0]}\".",
+        )]
+    if not isinstance(text, str):
+        return [Finding(Severity.ERROR, "MissingNetConf", f"data.{NET_CONF_KEY} must be a string.")]
+    parsed = parse_net_conf(text, arch=settings.arch)
+    findings = list(parsed.findings)
+    findings.extend(_review_cni_conf(data))
+    if parsed.conf is None:
+        return findings
+    findings.extend(_review_networks(parsed.conf, view, settings))
+    if operation == "UPDATE" or len(view.nodes):
+        findings.extend(_review_stranding(parsed.conf, old, view, operation, settings))
+    return findings
+
+
+def _review_delete(old: dict[str, Any] | None, settings: RuleSettings) -> list[Finding]:
+    annotations = _meta(old).get("annotations") or {}
+    if isinstance(annotations, dict) and annotations.get(settings.allow_delete_annotation) == "true":
+        return [Finding(
+            Severity.WARNING, "DeleteAllowed",
+            "flannel ConfigMap deleted with the override annotation: flannel cannot restart"
+            " until it is recreated.",
+        )]
+    meta = _meta(old)
+    return [Finding(
+        Severity.ERROR, "DeleteRefused",
+        "deleting the flannel ConfigMap takes the whole cluster's pod network down:"
+        " every flannel pod that restarts fails with 'failed to read net conf'.",
+        "",
+        f"if you mean it, first `kubectl -n {meta.get('namespace', 'kube-flannel')} annotate"
+        f" configmap {meta.get('name', 'kube-flannel-cfg')} {settings.allow_delete_annotation}=true`,"
+        " then delete it again.",
+    )]
+
+
+def _review_cni_conf(data: dict[str, Any]) -> list[Finding]:
+    """``cni-conf.json`` is copied to /etc/cni/net.d by the install-cni container."""
+    text = data.get(CNI_CONF_KEY)
+    if text is None:
+        return []
+    fix = 'keep the "plugins" list of kube-flannel.yml: [{"type": "flannel", ...}, {"type": "portmap", ...}].'
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+    except (json.JSONDecodeError, RecursionError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        return [Finding(
+            Severity.ERROR, "CNIConfNotJSON", f"{CNI_CONF_KEY} is not valid JSON{where}.",
+            "the kubelet skips an unparsable CNI config and pods on every node stay ContainerCreating.",
+            fix,
+        )]
+    if not isinstance(doc, dict):
+        return [Finding(Severity.ERROR, "CNIConfNotJSON", f"{CNI_CONF_KEY} must be a JSON object.",
+                        fix=fix)]
+    plugins = doc.get("plugins") if isinstance(doc.get("plugins"), list) else [doc]
+    if not any(isinstance(p, dict) and p.get("type") == "flannel" for p in plugins):
+        return [Finding(
+            Severity.ERROR, "CNIConfNoFlannel",
+            f"{CNI_CONF_KEY} has no plugin of type \"flannel\".",
+            "Pods would not be attached to the flannel network.", fix,
+        )]
+    return []
+
+
+def _review_networks(conf: NetConf, view: ClusterView, settings: RuleSettings) -> list[Finding]:
+    """``Network`` / ``IPv6Network`` against the cluster-cidr, family by family."""
+    if not view.cluster_cidr:
+        return [Finding(
+            settings.unknown_cidr, "ClusterCIDRUnknown",
+            "the cluster-cidr is unknown, so flannel's Network cannot be checked.",
+            "No source answered (--cluster-cidr, kube-controller-manager, kubeadm-config,"
+            " kube-proxy).",
+            "start flannel-guard with --cluster-cidr, or set kube-controller-manager"
+            " --cluster-cidr (kubeadm: networking.podSubnet).",
+        )]
+    out: list[Finding] = []
+    source = f"(cluster-cidr from {view.cidr_source})"
+    for version, key, enabled, written in (
+        (4, "Network", conf.enable_ipv4, conf.network),
+        (6, "IPv6Network", conf.enable_ipv6, conf.ipv6_network),
+    ):
+        want = view.cidr_of_family(version)
+        enable_key = "EnableIPv4" if version == 4 else "EnableIPv6"
+        if want is None:
+            if enabled:
+                out.append(Finding(
+                    Severity.ERROR, "FamilyNotInCluster",
+                    f"flannel has {family_name_v(version)} enabled but the cluster-cidr"
+                    f" {view.describe_cidr()} has no {family_name_v(version)} part {source}.",
+                    f"Nodes get no {family_name_v(version)} podCIDR, and flannel fails with"
+                    f" 'missing {family_name_v(version)} address on n.Spec.PodCIDRs'.",
+                    f'set "{enable_key}": false, or make the cluster dual-stack first.',
+                ))
+            continue
+        if not enabled:
+            out.append(Finding(
+                Severity.ERROR, "FamilyNotInFlannel",
+                f"the cluster-cidr {view.describe_cidr()} has a {family_name_v(version)} part"
+                f" {want} but flannel has {enable_key} off {source}.",
+                f"Pods would get no {family_name_v(version)} connectivity across nodes.",
+                f'set "{enable_key}": true and "{key}": "{want}".',
+            ))
+            continue
+        if written is None:
+            continue  # MissingNetwork was already reported by the parser.
+        out.extend(_compare(key, written.network, want, view, settings, source))
+    return out
+
+
+def family_name_v(version: int) -> str:
+    return "IPv4" if version == 4 else "IPv6"
+
+
+def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
+             settings: RuleSettings, source: str) -> list[Finding]:
+    if have == want:
+        return []
+    if settings.network_match is NetworkMatch.CONTAINS and have.supernet_of(want):  # type: ignore[arg-type]
+        return [Finding(
+            Severity.WARNING, "NetworkContainsClusterCIDR",
+            f"flannel {key} {have} is wider than the cluster-cidr {want} {source}; accepted by"
+            " --network-match contains.",
+        )]
+    relation = ("is inside" if have.subnet_of(want) else "overlaps") if have.overlaps(want) \
+        else "does not overlap"  # type: ignore[arg-type]
+    return [Finding(
+        Severity.ERROR, "NetworkMismatch",
+        f"flannel {key} {have} does not match the cluster-cidr {want} {source};"
+        f" it {relation} it.",
+        f"Every node's podCIDR comes from {want}; flannel then fails with 'subnet \"{have}\""
+        " specified in the flannel net config doesn't contain ... PodCIDR' and pods cannot"
+        " reach each other across nodes.",
+        f'in kube-flannel.yml (ConfigMap kube-flannel-cfg, net-conf.json) write "{key}": "{want}".',
+    )]
+
+
+def _review_stranding(conf: NetConf, old: dict[str, Any] | None, view: ClusterView,
+                      operation: str, settings: RuleSettings) -> list[Finding]:
+    """A new ``Network`` must still contain every existing node's podCIDR."""
+    if operation == "UPDATE":
+        old_text = _data(old).get(NET_CONF_KEY)
+        old_conf = parse_net_conf(old_text).conf if isinstance(old_text, str) else None
+        if old_conf is not None and (
+            _net(old_conf.network), _net(old_conf.ipv6_network)
+        ) == (_net(conf.network), _net(conf.ipv6_network)):
+            return []
+    networks = [p.network for p, on in ((conf.network, conf.enable_ipv4),
+                                        (conf.ipv6_network, conf.enable_ipv6)) if p and on]
+    if not networks:
+        return []
+    count, sample = view.nodes.outside(networks, limit=_MAX_NAMED)
+    if not count:
+        return []
+    named = ", ".join(f"{n} ({c})" for n, c in sample)
+    more = f" and {count - len(sample)} more" if count > len(sample) else ""
+    return [Finding(
+        Severity.ERROR, "StrandsNodes",
+        f"this Network would strand {count} existing node podCIDR(s) outside"
+        f" {', '.join(map(str, networks))}: {named}{more}.",
+        "flannel on those nodes would fail with 'doesn't contain ... PodCIDR of the node'."
+        " A node's podCIDR cannot change once set.",
+        "keep the Network that contains them, or drain, delete and re-register those nodes"
+        " after changing the cluster-cidr.",
+    )]
+
+
+def _net(parsed: object) -> object:
+    return getattr(parsed, "network", None)
+

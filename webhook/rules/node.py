@@ -1,0 +1,204 @@
+"""The Node rule: every podCIDR valid, inside the cluster-cidr, of the node mask size, unshared.
+
+Upstream, kubernetes/kubernetes:
+
+* ``pkg/apis/core/validation/validation.go`` ``ValidateNode``: each of
+  ``spec.podCIDRs`` a valid CIDR, at most two, and two only when dual-stack
+  (one per family); ``ValidateNodeUpdate``: "node updates may not change
+  podCIDR except from \"\" to valid".
+* ``pkg/apis/core/v1/conversion.go``: ``podCIDR`` and ``podCIDRs[0]`` are the
+  same value; a Node that sets only ``podCIDR`` gets ``podCIDRs: [podCIDR]``.
+* ``pkg/controller/nodeipam/ipam/range_allocator.go`` and ``cidrset``: each
+  node gets one CIDR per cluster-cidr family, of ``--node-cidr-mask-size-ipv4``
+  (default 24) / ``-ipv6`` (default 64), never the same twice.
+* flannel ``pkg/subnet/kube/kube.go``: "pod cidrs should be IPv4/IPv6 only or
+  dualstack"; "pod cidr not assigned" when a node has none.
+
+Only what the request changes is judged: an UPDATE that leaves the podCIDRs
+as they were (a label, a taint) is never refused for a pre-existing problem,
+so that an operator is not locked out of fixing a node; it gets a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from webhook.cidr import CidrError, IPNetwork, family_name, parse_cidr
+from webhook.rules.findings import ClusterView, Finding, Severity
+
+__all__ = ["node_name", "pod_cidrs", "review_node"]
+
+
+def node_name(obj: dict[str, Any] | None) -> str:
+    meta = (obj or {}).get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _spec(obj: dict[str, Any] | None) -> dict[str, Any]:
+    spec = (obj or {}).get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def pod_cidrs(obj: dict[str, Any] | None) -> list[str]:
+    """``spec.podCIDRs``, or ``[spec.podCIDR]`` when only that is set (API conversion)."""
+    spec = _spec(obj)
+    cidrs = spec.get("podCIDRs")
+    if isinstance(cidrs, list) and cidrs:
+        return [c if isinstance(c, str) else json.dumps(c) for c in cidrs]
+    single = spec.get("podCIDR")
+    return [single] if isinstance(single, str) and single else []
+
+
+def _patch_cmd(name: str, cidrs: list[IPNetwork]) -> str:
+    body = json.dumps({"spec": {"podCIDR": str(cidrs[0]), "podCIDRs": [str(c) for c in cidrs]}},
+                      separators=(",", ":"))
+    return f"kubectl patch node {name} -p '{body}'"
+
+
+def suggest_cidrs(view: ClusterView) -> list[IPNetwork] | None:
+    """A free CIDR per cluster-cidr family, in the cluster's order; None if any family is full."""
+    out: list[IPNetwork] = []
+    for net in view.cluster_cidr or ():
+        free = view.nodes.first_free(net, view.mask_for(net.version))
+        if free is None:
+            return None
+        out.append(free)
+    return out or None
+
+
+def review_node(
+    operation: str,
+    obj: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+    view: ClusterView,
+) -> list[Finding]:
+    """Judge a Node CREATE or UPDATE (DELETE frees its CIDRs elsewhere, never refused)."""
+    if operation not in ("CREATE", "UPDATE"):
+        return []
+    name = node_name(obj) or "NODE"
+    texts = pod_cidrs(obj)
+    old_texts = pod_cidrs(old) if operation == "UPDATE" else []
+    if operation == "UPDATE" and old_texts:
+        if texts != old_texts:
+            return [Finding(
+                Severity.ERROR, "PodCIDRImmutable",
+                f"node {name}: podCIDRs cannot change once set ({','.join(old_texts)[:100]} ->"
+                f" {','.join(texts)[:100] or 'none'}).",
+                "The API server refuses it too: 'node updates may not change podCIDR except"
+                " from \"\" to valid' (pkg/apis/core/validation).",
+                f"to move the node to another subnet: `kubectl drain {name}`, `kubectl delete node"
+                f" {name}`, restart its kubelet so it registers again and gets a new podCIDR.",
+            )]
+        # Unchanged podCIDRs: judge, but only warn.
+        return [
+            Finding(Severity.WARNING, f.code, f"pre-existing: {f.summary}", f.detail, f.fix)
+            for f in _judge(name, texts, _spec(obj).get("podCIDR"), view)
+            if f.severity is Severity.ERROR
+        ]
+    if not texts:
+        return []
+    return _judge(name, texts, _spec(obj).get("podCIDR"), view)
+
+
+class _LazyFix:
+    """The fix line names a free CIDR; finding one is only worth it when something is wrong."""
+
+    def __init__(self, name: str, view: ClusterView) -> None:
+        self._name = name
+        self._view = view
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            suggestion = suggest_cidrs(self._view)
+            self._text = "leave podCIDR empty and let it be allocated"
+            if suggestion:
+                self._text += f", or use {_patch_cmd(self._name, suggestion)}"
+        return self._text
+
+
+def _judge(name: str, texts: list[str], single: object, view: ClusterView) -> list[Finding]:
+    out: list[Finding] = []
+    lazy = _LazyFix(name, view)
+    if isinstance(single, str) and single and single != texts[0]:
+        out.append(Finding(
+            Severity.ERROR, "PodCIDRMismatch",
+            f"node {name}: spec.podCIDR {single[:50]!r} is not spec.podCIDRs[0] {texts[0][:50]!r}.",
+            "They must be the same value.",
+        ))
+    nets: list[IPNetwork] = []
+    for text in texts[:3]:
+        try:
+            parsed = parse_cidr(text)
+        except CidrError as e:
+            out.append(Finding(Severity.ERROR, "InvalidPodCIDR",
+                               f"node {name}: podCIDR is not a valid CIDR: {e}."))
+            continue
+        if parsed.host_bits_set:
+            out.append(Finding(
+                Severity.ERROR, "InvalidPodCIDR",
+                f"node {name}: podCIDR {text} has host bits set; its network is {parsed.network}.",
+                ))
+            continue
+        nets.append(parsed.network)
+    if len(texts) > 2:
+        out.append(Finding(
+            Severity.ERROR, "TooManyPodCIDRs",
+            f"node {name}: {len(texts)} podCIDRs; at most one IPv4 and one IPv6.",
+            "flannel fails with 'pod cidrs should be IPv4/IPv6 only or dualstack'."))
+    versions = [n.version for n in nets]
+    if len(set(versions)) != len(versions):
+        out.append(Finding(
+            Severity.ERROR, "DuplicateFamily",
+            f"node {name}: two podCIDRs of the same family ({', '.join(texts[:2])}).",
+            "At most one per IP family (pkg/apis/core/validation ValidateNode)."))
+    for net in nets:
+        out.extend(_judge_one(name, net, view))
+    if any(f.severity is Severity.ERROR for f in out):
+        text = str(lazy)
+        out = [Finding(f.severity, f.code, f.summary, f.detail, f.fix or text) for f in out]
+    if view.cluster_cidr and nets and not out:
+        missing = [c for c in view.cluster_cidr if c.version not in versions]
+        if missing:
+            out.append(Finding(
+                Severity.WARNING, "MissingFamily",
+                f"node {name} has no {family_name(missing[0])} podCIDR but the cluster-cidr"
+                f" includes {missing[0]}.",
+            ))
+    return out
+
+
+def _judge_one(name: str, net: IPNetwork, view: ClusterView) -> list[Finding]:
+    fam = family_name(net)
+    source = f"(cluster-cidr from {view.cidr_source})"
+    want = view.cidr_of_family(net.version)
+    out: list[Finding] = []
+    if view.cluster_cidr and want is None:
+        return [Finding(
+            Severity.ERROR, "FamilyNotInCluster",
+            f"node {name}: podCIDR {net} is {fam} but the cluster-cidr {view.describe_cidr()}"
+            f" has no {fam} part {source}.")]
+    mask = view.mask_for(net.version)
+    if want is not None and not net.subnet_of(want):  # type: ignore[arg-type]
+        out.append(Finding(
+            Severity.ERROR, "OutsideClusterCIDR",
+            f"node {name}: podCIDR {net} is outside the cluster-cidr {want} {source}.",
+            f"flannel fails with 'subnet \"{want}\" specified in the flannel net config"
+            f" doesn't contain \"{net}\" PodCIDR of the \"{name}\" node'."))
+    if net.prefixlen != mask:
+        whole = " (the whole cluster range: every node would share it)" if (
+            want is not None and net.prefixlen <= want.prefixlen) else ""
+        out.append(Finding(
+            Severity.ERROR, "WrongSize",
+            f"node {name}: podCIDR {net} is a /{net.prefixlen}, but node CIDRs are"
+            f" /{mask}{whole}.",
+            f"kube-controller-manager gives each node a /{mask} (--node-cidr-mask-size"
+            f"{'-ipv6' if net.version == 6 else ''})."))
+    for other, cidr in view.nodes.overlapping(net, exclude=name, limit=3):
+        out.append(Finding(
+            Severity.ERROR, "OverlapsNode",
+            f"node {name}: podCIDR {net} overlaps node {other}'s {cidr}.",
+            "Pods on the two nodes would get the same IPs and traffic between them breaks."))
+    return out

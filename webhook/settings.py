@@ -1,0 +1,50 @@
+"""One typed settings object, compiled once from flags and environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webhook.cidr import IPNetwork, parse_cidr_list
+from webhook.rules import Mode, RuleSettings
+
+__all__ = ["DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "env_default"]
+
+# flannel's own default (kube-flannel.yml "Network") and kubeadm's usual --pod-network-cidr.
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
+ENV_PREFIX = "FLANNEL_GUARD_"
+# The API server refuses objects over 3 MiB (etcd's request limit is 1.5 MiB, and the
+# API server's --max-request-bytes default 3 MiB); an AdmissionReview carries object and
+# oldObject, so twice that plus the envelope is the most a real review can be.
+MAX_BODY_BYTES = 7 * 1024 * 1024
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    """``FLANNEL_GUARD_<NAME>`` from the environment, else ``default``."""
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``serve`` needs, validated."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    mode: Mode = Mode.ENFORCE
+    standalone: bool = True
+    kubeconfig: Path | None = None
+    in_cluster: bool = False
+    cluster_cidr: tuple[IPNetwork, ...] | None = None
+    mask_v4: int = 24
+    mask_v6: int = 64
+    rules: RuleSettings = field(default_factory=RuleSettings)
+    max_body_bytes: int = MAX_BODY_BYTES
+    log_level: str = "info"
+
+    @staticmethod
+    def parse_cluster_cidr(text: str | None) -> tuple[IPNetwork, ...] | None:
+        return parse_cidr_list(text) if text else None

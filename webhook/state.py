@@ -1,0 +1,72 @@
+"""What the serving process knows of the cluster, shared by the handlers.
+
+In ``--standalone`` mode (a demo and test mode, no Kubernetes API) the
+cluster-cidr comes from ``--cluster-cidr`` and the node index holds the Nodes
+this process itself admitted. With a live API, :mod:`webhook.cluster` keeps
+the same object current from a list and a watch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from webhook.cidr import IPNetwork, NodeCidrIndex, parse_cidr
+from webhook.rules import ClusterView
+from webhook.rules.node import node_name, pod_cidrs
+
+__all__ = ["ClusterState"]
+
+
+@dataclass
+class ClusterState:
+    """Mutable cluster knowledge; :meth:`view` hands the rules a consistent read-only view."""
+
+    cluster_cidr: tuple[IPNetwork, ...] | None
+    cidr_source: str
+    mask_v4: int = 24
+    mask_v6: int = 64
+    notes: tuple[str, ...] = ()
+    index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
+    ready: bool = False
+    # Monotonic time of the last confirmation from the API (None: never / standalone).
+    last_sync: float | None = None
+    _view: ClusterView | None = field(default=None, repr=False)
+
+    def view(self) -> ClusterView:
+        """The view the rules read. Built once per change of the cluster-cidr facts, not per request."""
+        if self._view is None:
+            self._view = ClusterView(
+                cluster_cidr=self.cluster_cidr,
+                cidr_source=self.cidr_source,
+                nodes=self.index,
+                mask_v4=self.mask_v4,
+                mask_v6=self.mask_v6,
+                notes=self.notes,
+            )
+        return self._view
+
+    def set_cidr(self, cidr: tuple[IPNetwork, ...] | None, source: str,
+                 notes: tuple[str, ...] = ()) -> None:
+        self.cluster_cidr, self.cidr_source, self.notes = cidr, source, notes
+        self._view = None
+
+    def record_node(self, obj: dict[str, object] | None) -> None:
+        """Index a Node's podCIDRs (only those that parse; the rules judged them already)."""
+        name = node_name(obj)  # type: ignore[arg-type]
+        if not name:
+            return
+        nets = []
+        for text in pod_cidrs(obj):  # type: ignore[arg-type]
+            try:
+                nets.append(parse_cidr(text).network)
+            except ValueError:
+                continue
+        self.index.set(name, nets)
+
+    def forget_node(self, name: str) -> None:
+        self.index.remove(name)
+
+    def mark_synced(self) -> None:
+        self.last_sync = time.monotonic()
+        self.ready = True
