@@ -89,9 +89,11 @@ def parse_review(body: bytes) -> tuple[dict[str, Any], AdmissionRequest]:
     if not body:
         raise BadReview("empty body: send an AdmissionReview admission.k8s.io/v1 as JSON")
     try:
-        doc = json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadReview("body is not UTF-8 JSON") from None
+    try:
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadReview(f"body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:

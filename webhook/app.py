@@ -82,11 +82,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """Read at most ``limit`` bytes; refuse before reading a body that says it is bigger."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise BadReview(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
-        except ValueError:
-            raise BadReview("invalid Content-Length") from None
+        if not declared.isdigit():
+            raise BadReview("invalid Content-Length")
+        if int(declared) > limit:
+            raise BadReview(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -71,9 +71,9 @@ def parse_cidr(text: object) -> ParsedCidr:
         raise CidrError(f"{shown} has a zone id; a CIDR takes none")
     addr, sep, prefix = text.partition("/")
     if not sep:
-        raise CidrError(f"{shown} has no prefix length (write e.g. {addr}/24)")
+        raise CidrError(f"{shown} has no prefix length (write e.g. {_shorten(addr)[1:-1]}/24)")
     if not _PREFIX_RE.match(prefix):
-        raise CidrError(f"{shown} has an invalid prefix length {prefix!r}")
+        raise CidrError(f"{shown} has an invalid prefix length {_shorten(prefix)}")
     try:
         address = ipaddress.ip_address(addr)
     except ValueError:

@@ -200,7 +200,7 @@ def _flannel_cidr(value: object, version: int) -> ParsedCidr:
     try:
         parsed = parse_cidr(raw)
     except CidrError as e:
-        raise _GoError(f"invalid CIDR address {_shown(raw)}: {e}") from None
+        raise _GoError(f"invalid CIDR address: {e}") from None
     if parsed.network.version != version:
         want = "IPv4" if version == 4 else "IPv6"
         raise _GoError(f"{_shown(raw)} is not an {want} CIDR")

@@ -1,0 +1,119 @@
+"""Strict CIDR parsing and the node overlap index (shape: adjacent, nested, identical, both families)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list
+
+
+@pytest.mark.parametrize("text", [
+    "", " 10.0.0.0/8", "10.0.0.0/8 ", "10.0.0.0 /8", "10.0.0.0", "10.0.0.0/33", "10.0.0.0/-1",
+    "10.0.0.0/8/8", "010.0.0.0/8", "fe80::1%eth0/64", "::ffff:10.0.0.0/104", "fd00::/129", "x/8",
+    "10.0.0.0/+8", "10.0.0.0/0x8",
+])
+def test_parse_cidr_refuses_what_go_or_kubernetes_read_differently(text):
+    with pytest.raises(CidrError):
+        parse_cidr(text)
+
+
+@pytest.mark.parametrize(("text", "network", "host_bits"), [
+    ("10.244.0.0/16", "10.244.0.0/16", False),
+    ("192.168.5.0/16", "192.168.0.0/16", True),
+    ("fd00:10:244::/56", "fd00:10:244::/56", False),
+    ("FD00:10:244::1/56", "fd00:10:244::/56", True),
+])
+def test_parse_cidr_normalises_and_reports_host_bits(text, network, host_bits):
+    parsed = parse_cidr(text)
+    assert str(parsed.network) == network
+    assert parsed.host_bits_set is host_bits
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("10.244.0.0/16", True),
+    ("10.244.0.0/16,fd00::/56", True),
+    ("fd00::/56,10.244.0.0/16", True),
+    ("10.244.0.0/16,10.245.0.0/16", False),  # two of one family
+    ("10.244.0.0/16,fd00::/56,10.1.0.0/16", False),
+    ("10.244.1.0/16", False),  # host bits in a cluster-cidr
+    ("10.244.0.0/16,", False),
+])
+def test_parse_cidr_list_follows_kube_controller_manager(text, ok):
+    if ok:
+        assert len(parse_cidr_list(text)) in (1, 2)
+    else:
+        with pytest.raises(CidrError):
+            parse_cidr_list(text)
+
+
+N = ipaddress.ip_network
+
+
+@pytest.mark.parametrize(("stored", "query", "hits"), [
+    ({"a": "10.0.1.0/24"}, "10.0.1.0/24", ["a"]),          # identical
+    ({"a": "10.0.1.0/24"}, "10.0.2.0/24", []),             # adjacent above
+    ({"a": "10.0.1.0/24"}, "10.0.0.0/24", []),             # adjacent below
+    ({"a": "10.0.1.0/24"}, "10.0.0.0/16", ["a"]),          # query contains
+    ({"a": "10.0.0.0/16"}, "10.0.1.0/24", ["a"]),          # query inside
+    ({"a": "10.0.1.0/24"}, "10.0.1.128/25", ["a"]),
+    ({"a": "fd00:0:0:1::/64"}, "fd00:0:0:1::/64", ["a"]),
+    ({"a": "fd00:0:0:1::/64"}, "fd00:0:0:2::/64", []),
+    ({"a": "fd00:0:0:1::/64"}, "fd00::/48", ["a"]),
+    ({"a": "fd00::/48"}, "fd00:0:0:1::/64", ["a"]),
+    ({"a": "10.0.1.0/24"}, "fd00::/8", []),                # other family
+])
+def test_overlapping_adjacent_nested_identical_both_families(stored, query, hits):
+    index = NodeCidrIndex()
+    for node, cidr in stored.items():
+        index.set(node, [N(cidr)])
+    assert [n for n, _ in index.overlapping(N(query))] == hits
+
+
+def test_remove_frees_and_set_replaces():
+    index = NodeCidrIndex()
+    index.set("a", [N("10.0.1.0/24")])
+    index.set("a", [N("10.0.2.0/24")])
+    assert index.overlapping(N("10.0.1.0/24")) == []
+    index.remove("a")
+    index.remove("a")  # idempotent
+    assert index.overlapping(N("10.0.2.0/24")) == [] and len(index) == 0
+
+
+def test_first_free_skips_occupied_runs():
+    index = NodeCidrIndex()
+    for i in range(5):
+        index.set(f"n{i}", [N(f"10.0.{i}.0/24")])
+    index.set("big", [N("10.0.8.0/22")])
+    assert index.first_free(N("10.0.0.0/16"), 24) == N("10.0.5.0/24")
+    for i in (5, 6, 7):
+        index.set(f"m{i}", [N(f"10.0.{i}.0/24")])
+    assert index.first_free(N("10.0.0.0/16"), 24) == N("10.0.12.0/24")
+    assert index.first_free(N("10.0.0.0/23"), 24) is None
+
+
+def test_outside_counts_per_family():
+    index = NodeCidrIndex()
+    index.set("in", [N("10.244.1.0/24"), N("fd00::/64")])
+    index.set("out", [N("10.99.1.0/24")])
+    count, sample = index.outside([N("10.244.0.0/16")])
+    assert count == 1 and sample == [("out", N("10.99.1.0/24"))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(22, 26)), max_size=30),
+       st.integers(0, 255), st.integers(20, 28))
+def test_overlapping_agrees_with_brute_force(entries, q_third, q_len):
+    index = NodeCidrIndex()
+    nets = {}
+    for i, (third, plen) in enumerate(entries):
+        net = N(f"10.0.{third}.0/{plen}", strict=False)
+        nets[f"n{i}"] = net
+        index.set(f"n{i}", [net])
+    query = N(f"10.0.{q_third}.0/{q_len}", strict=False)
+    expected = sorted(n for n, net in nets.items() if net.overlaps(query))
+    got = sorted(n for n, _ in index.overlapping(query, limit=10_000))
+    assert got == expected

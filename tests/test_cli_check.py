@@ -1,0 +1,78 @@
+"""`flannel-guard check`: exit 0 clean, 1 violations, 2 bad input; text and JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, node
+
+from webhook.cli import main
+
+
+def nodes_list(*nodes: dict) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(nodes),
+                       "metadata": {"resourceVersion": ""}})
+
+
+def test_clean_manifest_exits_0(capsys):
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--cluster-cidr", "10.244.0.0/16"]) == 0
+    assert "0 violation(s)" in capsys.readouterr().out
+
+
+def test_seed_mismatch_exits_1_with_the_fix(capsys):
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--cluster-cidr", "172.18.0.0/16"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  ConfigMap kube-flannel/kube-flannel-cfg" in out
+    assert '"Network": "172.18.0.0/16"' in out
+
+
+def test_kubectl_get_nodes_list_with_a_duplicate_reports_both(tmp_path: Path, capsys):
+    # field report #5: the whole range patched on several nodes, plus a duplicate /24.
+    f = tmp_path / "nodes.json"
+    f.write_text(nodes_list(node("a", "10.244.1.0/24"), node("b", "10.244.1.0/24"),
+                            node("c", "10.244.2.0/24"), node("d", "10.244.0.0/16")))
+    assert main(["check", str(f), "--cluster-cidr", "10.244.0.0/16", "-o", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    by_name = {o["name"]: {x["code"] for x in o["findings"]} for o in report["objects"]}
+    assert by_name["a"] == {"OverlapsNode"} and by_name["b"] == {"OverlapsNode"}
+    assert by_name["c"] == {"OverlapsNode"}  # inside d's /16
+    assert by_name["d"] == {"WrongSize", "OverlapsNode"}
+
+
+def test_without_cluster_cidr_the_configmap_is_only_warned(capsys):
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml")]) == 0
+    assert "cluster-cidr is unknown" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["a: [unclosed", "\x00\x01"])
+def test_unreadable_input_exits_2(tmp_path: Path, content: str):
+    f = tmp_path / "bad.yaml"
+    f.write_text(content)
+    assert main(["check", str(f)]) == 2
+
+
+def test_missing_file_exits_2(tmp_path: Path):
+    assert main(["check", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_bad_cluster_cidr_is_a_usage_error():
+    with pytest.raises(SystemExit) as e:
+        main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--cluster-cidr", "10.244.0.1/16"])
+    assert "host bits" in str(e.value)
+
+
+def test_python_dash_m_webhook_is_the_same_program():
+    r = subprocess.run([sys.executable, "-m", "webhook", "check", str(FIXTURES / "kube-flannel-cfg.yaml"),
+                        "--cluster-cidr", "172.18.0.0/16"], capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and "NetworkMismatch" not in r.stdout and "172.18.0.0/16" in r.stdout
+
+
+def test_stdin(monkeypatch, capsys):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO(nodes_list(node("a", "10.99.0.0/24"))))
+    assert main(["check", "-", "--cluster-cidr", "10.244.0.0/16"]) == 1
+    assert "outside the cluster-cidr" in capsys.readouterr().out

@@ -1,0 +1,206 @@
+"""net-conf.json read as flannel reads it (flannel-io/flannel pkg/subnet/config.go, pkg/ip, pkg/backend)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from webhook.rules.findings import Severity
+from webhook.rules.flannel import check_network_config, parse_net_conf
+
+
+def codes(text: str, arch: str = "amd64") -> tuple[set[str], set[str]]:
+    res = parse_net_conf(text, arch=arch)
+    errs = {f.code for f in res.findings if f.severity is Severity.ERROR}
+    warns = {f.code for f in res.findings if f.severity is Severity.WARNING}
+    return errs, warns
+
+
+VXLAN = '"Backend": {"Type": "vxlan"}'
+
+# (id, text, errors expected, warnings expected)  — exact sets, so nothing extra slips in.
+CASES = [
+    # config.go ParseConfig: EnableIPv4 defaults true; kube-flannel.yml's own content is clean.
+    ("upstream-default", '{"Network": "10.244.0.0/16", "EnableNFTables": false, ' + VXLAN + "}",
+     set(), set()),
+    # config.go parseBackendType: no Backend -> "udp".
+    ("no-backend-means-udp", '{"Network": "10.244.0.0/16"}', set(), {"DefaultUDPBackend"}),
+    # pkg/backend/manager.go GetBackend lower-cases the type.
+    ("backend-type-case-insensitive", '{"Network": "10.244.0.0/16", "Backend": {"Type": "VXLAN"}}',
+     set(), set()),
+    # manager.go: "unknown backend type".
+    ("unknown-backend", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlam"}}',
+     {"UnknownBackend"}, set()),
+    # parseBackendType: Backend null decodes to Type "" -> unknown backend type "".
+    ("backend-null", '{"Network": "10.244.0.0/16", "Backend": null}', {"UnknownBackend"}, set()),
+    ("backend-string", '{"Network": "10.244.0.0/16", "Backend": "vxlan"}', {"InvalidBackend"}, set()),
+    ("backend-type-number", '{"Network": "10.244.0.0/16", "Backend": {"Type": 1}}',
+     {"InvalidBackend"}, set()),
+    # Go encoding/json: keys match fields case-insensitively.
+    ("lowercase-key-is-read", '{"network": "10.244.0.0/16", ' + VXLAN + "}", set(), {"KeyCase"}),
+    # Go encoding/json: the last duplicate wins (both warn; the value is the last one).
+    ("duplicate-key", '{"Network": "10.0.0.0/16", "Network": "10.244.0.0/16", ' + VXLAN + "}",
+     set(), {"DuplicateKey"}),
+    ("unknown-key-typo", '{"Netwrok": "10.244.0.0/16", ' + VXLAN + "}",
+     {"MissingNetwork"}, {"UnknownKey"}),
+    # pkg/ip/ipnet.go IP4Net.UnmarshalJSON: net.ParseCIDR, then To4 check.
+    ("network-not-cidr", '{"Network": "10.244.0.0", ' + VXLAN + "}", {"InvalidField"}, set()),
+    ("network-ipv6-in-Network", '{"Network": "fd00::/48", ' + VXLAN + "}", {"InvalidField"}, set()),
+    ("network-with-space", '{"Network": "10.244.0.0/16 ", ' + VXLAN + "}", {"InvalidField"}, set()),
+    ("network-leading-zero", '{"Network": "10.244.00.0/16", ' + VXLAN + "}", {"InvalidField"}, set()),
+    ("network-zone-id", '{"Network": "fe80::%eth0/64", "EnableIPv6": true, ' + VXLAN + "}",
+     {"InvalidField"}, set()),
+    ("network-number", '{"Network": 10, ' + VXLAN + "}", {"InvalidField"}, set()),
+    # Go hands null to a custom UnmarshalJSON: ParseCIDR("null") fails.
+    ("network-null", '{"Network": null, ' + VXLAN + "}", {"InvalidField"}, set()),
+    # ipnet.go: host bits are silently masked by flannel; we refuse and show the network.
+    ("host-bits-set", '{"Network": "192.168.5.0/16", ' + VXLAN + "}", {"HostBitsSet"}, set()),
+    # Go: bool fields take JSON booleans only.
+    ("enable-ipv6-string", '{"Network": "10.244.0.0/16", "EnableIPv6": "true", ' + VXLAN + "}",
+     {"InvalidField"}, set()),
+    # Go: uint takes an integer literal; 24.0 and -1 are refused.
+    ("subnetlen-float", '{"Network": "10.244.0.0/16", "SubnetLen": 24.0, ' + VXLAN + "}",
+     {"InvalidField"}, set()),
+    ("subnetlen-negative", '{"Network": "10.244.0.0/16", "SubnetLen": -1, ' + VXLAN + "}",
+     {"InvalidField"}, set()),
+    # A plain field given null keeps its default.
+    ("subnetlen-null-is-default", '{"Network": "10.244.0.0/16", "SubnetLen": null, ' + VXLAN + "}",
+     set(), {"IgnoredInKubeMode"}),
+    # kube mode ignores SubnetLen/Min/Max (field reports #6; flannel#847, #1328).
+    ("subnetlen-ignored-in-kube-mode", '{"Network": "10.244.0.0/16", "SubnetLen": 26, ' + VXLAN + "}",
+     set(), {"IgnoredInKubeMode"}),
+    # CheckNetworkConfig (etcd mode only): /29 is too small; kube mode admits with a warning.
+    ("etcd-mode-too-small", '{"Network": "10.244.0.0/29", ' + VXLAN + "}",
+     set(), {"EtcdModeWouldRefuse"}),
+    ("subnetmin-not-ip", '{"Network": "10.244.0.0/16", "SubnetMin": "x", ' + VXLAN + "}",
+     {"InvalidField"}, set()),
+    # pkg/ipmatch/match.go GetIPFamily: "none defined stack".
+    ("no-family", '{"EnableIPv4": false, ' + VXLAN + "}", {"NoIPFamily"}, set()),
+    ("ipv6-enabled-without-network", '{"Network": "10.244.0.0/16", "EnableIPv6": true, ' + VXLAN + "}",
+     {"MissingNetwork"}, set()),
+    ("dual-stack", '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", '
+     + VXLAN + "}", set(), set()),
+    ("ipv6-only", '{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", '
+     + VXLAN + "}", set(), set()),
+    ("ipv6network-ignored-when-disabled", '{"Network": "10.244.0.0/16", "IPv6Network": "fd00::/56", '
+     + VXLAN + "}", set(), {"IgnoredNetwork"}),
+    # pkg/subnet/kube/kube.go: only vxlan, host-gw and wireguard carry IPv6.
+    ("ipv6-on-ipip", '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56", '
+     '"Backend": {"Type": "ipip"}}', set(), {"NoIPv6Backend"}),
+    # pkg/backend/vxlan/vxlan.go VXLANConfig: VNI int, Port int, GBP bool, DirectRouting bool.
+    ("vxlan-fields-ok", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 4096, '
+     '"Port": 8472, "GBP": true, "DirectRouting": true, "MTU": 1400}}', set(), set()),
+    ("vxlan-vni-string", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": "1"}}',
+     {"InvalidBackend"}, set()),
+    ("vxlan-directrouting-string", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", '
+     '"DirectRouting": "yes"}}', {"InvalidBackend"}, set()),
+    ("vxlan-vni-too-big", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
+     {"InvalidBackend"}, set()),
+    ("vxlan-port-out-of-range", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", '
+     '"Port": 70000}}', {"InvalidBackend"}, set()),
+    ("vxlan-unknown-field", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VINI": 2}}',
+     set(), {"UnknownKey"}),
+    # pkg/backend/ipsec/ipsec.go: minPasswordLength = 96.
+    ("ipsec-short-psk", '{"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec", "PSK": "short"}}',
+     {"InvalidBackend"}, set()),
+    ("ipsec-good-psk", '{"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec", "PSK": "'
+     + "a" * 96 + '"}}', set(), set()),
+    # pkg/backend/wireguard/wireguard.go: Mode must be separate, auto, ipv4 or ipv6.
+    ("wireguard-bad-mode", '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", '
+     '"Mode": "both"}}', {"InvalidBackend"}, set()),
+    ("wireguard-keepalive-string", '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", '
+     '"PersistentKeepaliveInterval": "25s"}}', {"InvalidBackend"}, set()),
+    ("host-gw", '{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}', set(), set()),
+]
+
+
+@pytest.mark.parametrize(("text", "want_errors", "want_warnings"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_net_conf_table(text: str, want_errors: set[str], want_warnings: set[str]) -> None:
+    errs, warns = codes(text)
+    assert errs == want_errors
+    assert warns == want_warnings
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    # field report #9 (flannel#1862): a Helm template left MacPrefix: 0E-2A unquoted.
+    ('{\n  "Network": "10.244.0.0/16",\n  "Backend": {"Type": "vxlan", "MacPrefix": 0E-2A}\n}',
+     "line 3"),
+    ('{"Network": "10.244.0.0/16",}', "line 1"),
+    ("Network: 10.244.0.0/16", "line 1"),
+    ('{"Network": NaN}', "NaN"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_not_json_is_refused_with_the_position(text: str, fragment: str) -> None:
+    res = parse_net_conf(text)
+    assert res.conf is None
+    [finding] = res.findings
+    assert finding.code == "NetConfNotJSON"
+    assert fragment in finding.text()
+
+
+@pytest.mark.parametrize("text", ["[]", '"x"', "42", "true"])
+def test_top_level_must_be_an_object(text: str) -> None:
+    # Go: cannot unmarshal array/string/number/bool into Go value of type subnet.Config.
+    res = parse_net_conf(text)
+    assert [f.code for f in res.findings] == ["NetConfNotObject"]
+
+
+def test_null_document_is_all_defaults_and_so_has_no_network() -> None:
+    # Go: unmarshalling null into a struct is a no-op; EnableIPv4 stays true with no Network.
+    errs, warns = codes("null")
+    assert errs == {"MissingNetwork"}
+    assert "DefaultUDPBackend" in warns
+
+
+def test_last_duplicate_wins_as_in_go() -> None:
+    res = parse_net_conf('{"Network": "10.0.0.0/16", "network": "10.244.0.0/16", ' + VXLAN + "}")
+    assert res.conf is not None
+    assert str(res.conf.network.network) == "10.244.0.0/16"
+
+
+def test_host_bits_message_shows_the_normalised_value() -> None:
+    # field report #3 (platform9/cctl#177): 192.168.5.0/16 silently became 192.168.0.0/16.
+    [f] = parse_net_conf('{"Network": "192.168.5.0/16", ' + VXLAN + "}").findings
+    assert "192.168.0.0/16" in f.text()
+    assert '"Network": "192.168.0.0/16"' in f.fix
+
+
+def test_udp_on_arm64_is_refused() -> None:
+    # field report #10 (flannel#1221): pkg/backend/udp/udp.go, "not supported on this architecture".
+    errs, _ = codes('{"Network": "10.244.0.0/16"}', arch="arm64")
+    assert errs == {"BackendUnsupported"}
+    errs, _ = codes('{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}', arch="arm64")
+    assert errs == {"BackendUnsupported"}
+
+
+def test_unknown_key_suggests_the_right_one() -> None:
+    res = parse_net_conf('{"Netwrok": "10.244.0.0/16", ' + VXLAN + "}")
+    unknown = next(f for f in res.findings if f.code == "UnknownKey")
+    assert 'did you mean "Network"' in unknown.summary
+
+
+def test_messages_never_echo_unbounded_input() -> None:
+    huge = "x" * 100_000
+    res = parse_net_conf(json.dumps({"Network": huge, "Backend": {"Type": huge}}))
+    assert all(len(f.text()) < 1000 for f in res.findings)
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    # config.go CheckNetworkConfig rows (restated from config_test.go's intent).
+    ({"Network": "10.0.0.0/16"}, ""),
+    ({"Network": "10.0.0.0/29"}, "Minimum useful network prefix is /28"),
+    ({"Network": "10.0.0.0/16", "SubnetLen": 31}, "SubnetLen must be less than /31"),
+    ({"Network": "10.0.0.0/16", "SubnetLen": 17}, "at least four subnets"),
+    ({"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"}, "SubnetMin is not in the range"),
+    ({"Network": "10.0.0.0/16", "SubnetMax": "10.0.1.128"}, "SubnetMax is not on a SubnetLen boundary"),
+    ({"Network": "10.0.0.0/24", "SubnetMin": "10.0.0.64"}, ""),  # /24 -> SubnetLen 26 by default
+    ({"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd00::/125"},
+     "Minimum useful network prefix is /124"),
+])
+def test_check_network_config_etcd_mode(fields: dict[str, object], expected: str) -> None:
+    res = parse_net_conf(json.dumps({**fields, "Backend": {"Type": "vxlan"}}))
+    assert res.conf is not None
+    got = check_network_config(res.conf)
+    assert (expected in got) if expected else got == ""

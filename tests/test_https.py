@@ -1,0 +1,245 @@
+"""AdmissionReviews over real HTTPS on 127.0.0.1, shaped as kube-apiserver sends them.
+
+The client verifies the server's certificate against the generated CA with the
+Service's DNS name (flannel-guard.flannel-guard.svc), as the API server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import FIXTURES, node, review
+
+from webhook import certs
+from webhook.constants import NAMESPACE, SERVICE
+from webhook.rules import Mode
+from webhook.server import build_server
+from webhook.settings import Settings
+from webhook.state import ClusterState
+
+SVC_DNS = f"{SERVICE}.{NAMESPACE}.svc"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, url: str, ca: Path, state: ClusterState) -> None:
+        self.url, self.ca, self.state = url, ca, state
+
+    def client(self) -> httpx.Client:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        return httpx.Client(base_url=self.url, verify=ctx, timeout=10)
+
+    def post(self, client: httpx.Client, path: str, body: object, **kw: object) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **kw.pop("headers", {})}  # type: ignore[dict-item]
+        return client.post(path, content=content, headers=headers,
+                           extensions={"sni_hostname": SVC_DNS}, **kw)  # type: ignore[arg-type]
+
+
+def start(tmp: Path, cidr: str, mode: Mode = Mode.ENFORCE) -> Iterator[Running]:
+    bundle = certs.generate(SERVICE, NAMESPACE, days=1)
+    certs.write_bundle(bundle, tmp)
+    port = _free_port()
+    settings = Settings(host="127.0.0.1", port=port, tls_cert=tmp / "tls.crt", tls_key=tmp / "tls.key",
+                        mode=mode, standalone=True, cluster_cidr=Settings.parse_cluster_cidr(cidr))
+    state = ClusterState(cluster_cidr=settings.cluster_cidr, cidr_source="--cluster-cidr")
+    state.mark_synced()
+    server, _ = build_server(settings, state)
+    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "server did not start"
+    try:
+        yield Running(f"https://127.0.0.1:{port}", tmp / "ca.crt", state)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def seed_server(tmp_path: Path) -> Iterator[Running]:
+    """The seed's cluster: kubeadm --pod-network-cidr 172.18.0.0/16."""
+    yield from start(tmp_path, "172.18.0.0/16")
+
+
+@pytest.fixture
+def default_server(tmp_path: Path) -> Iterator[Running]:
+    yield from start(tmp_path, "10.244.0.0/16")
+
+
+def stored(obj: dict, rv: str = "1001") -> dict:
+    """The object as the API server hands it to webhooks: uid, resourceVersion, managedFields..."""
+    out = copy.deepcopy(obj)
+    meta = out.setdefault("metadata", {})
+    meta.update({"uid": "8f6c1a1e-52b2-4c0b-9d2a-3c1d3f2b0e11", "resourceVersion": rv,
+                 "creationTimestamp": "2026-11-27T05:00:00Z",
+                 "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update",
+                                    "apiVersion": "v1", "time": "2026-11-27T05:00:00Z",
+                                    "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]})
+    meta.setdefault("annotations", {})["kubectl.kubernetes.io/last-applied-configuration"] = (
+        json.dumps(obj))
+    return out
+
+
+def configmap() -> dict:
+    return yaml.safe_load((FIXTURES / "kube-flannel-cfg.yaml").read_text())
+
+
+def test_tls_verifies_against_the_ca_with_the_service_name(default_server: Running):
+    with default_server.client() as c:
+        r = c.get("/healthz", extensions={"sni_hostname": SVC_DNS})
+        assert r.status_code == 200
+    bad_ctx = ssl.create_default_context()  # system CAs: must not trust our self-signed CA
+    with httpx.Client(base_url=default_server.url, verify=bad_ctx) as c, pytest.raises(httpx.ConnectError):
+        c.get("/healthz", extensions={"sni_hostname": SVC_DNS})
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_1_1_is_refused(default_server: Running):
+    ctx = ssl.create_default_context(cafile=str(default_server.ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    port = int(default_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock, pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(sock, server_hostname=SVC_DNS)
+
+
+def test_kubectl_apply_kube_flannel_yml_create_then_update_in_the_seed_cluster(seed_server: Running):
+    cm = configmap()
+    with seed_server.client() as c:
+        # kubectl apply -f kube-flannel.yml, first time: CREATE.
+        body = review(stored(cm), "CREATE")
+        r = seed_server.post(c, "/validate", body)
+        assert r.status_code == 200
+        out = r.json()
+        assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+        resp = out["response"]
+        assert resp["uid"] == body["request"]["uid"]
+        assert resp["allowed"] is False
+        assert resp["status"]["code"] == 403
+        msg = resp["status"]["message"]
+        assert "10.244.0.0/16" in msg and "172.18.0.0/16" in msg and "--cluster-cidr" in msg
+        assert '"Network": "172.18.0.0/16"' in msg
+
+        # The operator fixes Network and applies again: UPDATE with oldObject.
+        fixed = copy.deepcopy(cm)
+        fixed["data"]["net-conf.json"] = fixed["data"]["net-conf.json"].replace(
+            "10.244.0.0/16", "172.18.0.0/16")
+        body = review(stored(fixed, "1002"), "UPDATE", old=stored(cm, "1001"))
+        resp = seed_server.post(c, "/validate", body).json()["response"]
+        assert resp == {"uid": body["request"]["uid"], "allowed": True}
+
+
+def test_kubectl_patch_node_to_another_nodes_podcidr_is_denied(seed_server: Running):
+    with seed_server.client() as c:
+        # worker-0002 registers with a podCIDR (standalone mode indexes what it admits).
+        first = review(stored(node("worker-0002", "172.18.1.0/24")), "CREATE")
+        assert seed_server.post(c, "/validate", first).json()["response"]["allowed"] is True
+        # The seed's quick fix, typed wrong: worker-0001 gets worker-0002's subnet.
+        old = stored(node("worker-0001"))
+        new = stored(node("worker-0001", podcidr="172.18.1.0/24"), "1002")
+        body = review(new, "UPDATE", old=old)
+        resp = seed_server.post(c, "/validate", body).json()["response"]
+        assert resp["allowed"] is False
+        assert "worker-0002" in resp["status"]["message"]
+        assert "kubectl patch node worker-0001" in resp["status"]["message"]
+        # ... and the free one it suggests is admitted.
+        ok = stored(node("worker-0001", podcidr="172.18.0.0/24"), "1002")
+        assert seed_server.post(c, "/validate", review(ok, "UPDATE", old=old)).json()[
+            "response"]["allowed"] is True
+
+
+def test_dry_run_is_judged_but_not_indexed(default_server: Running):
+    with default_server.client() as c:
+        body = review(node("a", "10.244.5.0/24"), "CREATE", dry_run=True)
+        assert default_server.post(c, "/validate", body).json()["response"]["allowed"] is True
+        assert len(default_server.state.index) == 0
+
+
+def test_unguarded_kinds_are_allowed_untouched(default_server: Running):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"}}
+    other_cm = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "x", "namespace": "default"}, "data": {"net-conf.json": "{"}}
+    with default_server.client() as c:
+        for obj in (pod, other_cm):
+            body = review(obj)
+            resp = default_server.post(c, "/validate", body).json()["response"]
+            assert resp == {"uid": body["request"]["uid"], "allowed": True}
+
+
+def test_delete_of_the_flannel_configmap_is_refused(default_server: Running):
+    with default_server.client() as c:
+        body = review(None, "DELETE", old=stored(configmap()))
+        resp = default_server.post(c, "/validate", body).json()["response"]
+        assert resp["allowed"] is False and "allow-delete" in resp["status"]["message"]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "fragment"), [
+    (b"", {}, 400, "empty body"),
+    (b"{not json", {}, 400, "not JSON"),
+    (b"\xff\xfe", {}, 400, "UTF-8"),
+    (b"[1]", {}, 400, "JSON object"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+                 "request": {}}).encode(), {}, 400, "admissionReviewVersions"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(), {},
+     400, "no request"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                 "request": {"uid": 7, "kind": {"kind": "Node"}, "operation": "CREATE"}}).encode(),
+     {}, 400, "request.uid"),
+    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                 "request": {"uid": "u", "kind": {"kind": "Node"}, "operation": "EXPLODE"}}).encode(),
+     {}, 400, "request.operation"),
+    (b"{}", {"Content-Type": "text/plain"}, 415, "application/json"),
+    (b"[" * 200_000 + b"]" * 200_000, {}, 400, "nested"),
+    (b"x" * (8 * 1024 * 1024), {}, 413, "limit"),
+])
+def test_bad_requests_get_a_4xx_json_body_never_a_500(default_server: Running, body, headers, status,
+                                                      fragment):
+    with default_server.client() as c:
+        r = default_server.post(c, "/validate", body, headers=headers)
+        assert r.status_code == status
+        assert fragment in r.json()["error"]
+        # The server is still healthy afterwards.
+        assert c.get("/healthz", extensions={"sni_hostname": SVC_DNS}).status_code == 200
+
+
+def test_readyz_and_metrics(default_server: Running):
+    with default_server.client() as c:
+        ext = {"sni_hostname": SVC_DNS}
+        assert c.get("/readyz", extensions=ext).status_code == 200
+        default_server.post(c, "/validate", review(node("m", "10.244.9.0/24")))
+        metrics = c.get("/metrics", extensions=ext).text
+        assert 'flannel_guard_admission_requests_total{kind="Node",operation="CREATE",' \
+               'verdict="allowed",webhook="validate"} 1.0' in metrics
+        assert "flannel_guard_admission_duration_seconds_bucket" in metrics
+        default_server.state.ready = False
+        assert c.get("/readyz", extensions=ext).status_code == 503
+
+
+def test_warn_mode_admits_with_warnings(tmp_path: Path):
+    for running in start(tmp_path, "172.18.0.0/16", Mode.WARN):
+        with running.client() as c:
+            resp = running.post(c, "/validate", review(configmap())).json()["response"]
+            assert resp["allowed"] is True
+            assert any("would deny" in w and "172.18.0.0/16" in w for w in resp["warnings"])
+            assert all(len(w) <= 256 for w in resp["warnings"])

@@ -1,0 +1,117 @@
+"""The Node rule (kubernetes pkg/apis/core/validation ValidateNode/ValidateNodeUpdate, nodeipam)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_view, node
+
+from webhook.rules import Severity
+from webhook.rules.node import review_node
+
+
+def errs(findings):
+    return [f.code for f in findings if f.severity is Severity.ERROR]
+
+
+NODES = {"worker-0001": ["10.244.1.0/24"], "worker-0002": ["10.244.2.0/24"]}
+
+CASES = [
+    ("no-podcidr-admitted", node("w"), []),
+    ("valid", node("w", "10.244.3.0/24"), []),
+    ("podcidr-only-is-podcidrs", node("w", podcidr="10.244.3.0/24"), []),
+    # field report #1/#2: outside the cluster-cidr (100.244.x vs 10.244.0.0/16).
+    ("outside", node("w", "100.244.1.0/24"), ["OutsideClusterCIDR"]),
+    # field report #5 (flannel#1549): the whole range patched on a node.
+    ("whole-range", node("w", "10.244.0.0/16"), ["WrongSize", "OverlapsNode", "OverlapsNode"]),
+    ("wrong-size", node("w", "10.244.3.0/25"), ["WrongSize"]),
+    # the seed: a worker patched to a podCIDR another node already has.
+    ("duplicate", node("w", "10.244.1.0/24"), ["OverlapsNode"]),
+    ("host-bits", node("w", "10.244.3.1/24"), ["InvalidPodCIDR"]),
+    ("garbage", node("w", "not-a-cidr"), ["InvalidPodCIDR"]),
+    ("spaces", node("w", " 10.244.3.0/24"), ["InvalidPodCIDR"]),
+    ("leading-zero", node("w", "10.244.03.0/24"), ["InvalidPodCIDR"]),
+    ("mapped-v6", node("w", "::ffff:10.244.3.0/120"), ["InvalidPodCIDR"]),
+    ("podcidr-ne-podcidrs0", node("w", "10.244.3.0/24", podcidr="10.244.4.0/24"), ["PodCIDRMismatch"]),
+    # field report #8: flannel "pod cidrs should be IPv4/IPv6 only or dualstack".
+    ("three", node("w", "10.244.3.0/24", "fd00::/64", "10.244.4.0/24"),
+     ["TooManyPodCIDRs", "DuplicateFamily", "FamilyNotInCluster"]),
+    ("two-v4", node("w", "10.244.3.0/24", "10.244.4.0/24"), ["DuplicateFamily"]),
+    ("v6-in-v4-cluster", node("w", "10.244.3.0/24", "fd00::/64"), ["FamilyNotInCluster"]),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_node_create_table(obj, expected):
+    assert errs(review_node("CREATE", obj, None, make_view(nodes=NODES))) == expected
+
+
+DUAL_NODES = {"a": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
+
+
+@pytest.mark.parametrize(("cidrs", "expected"), [
+    (("10.244.2.0/24", "fd00:10:244:2::/64"), []),
+    (("fd00:10:244:2::/64", "10.244.2.0/24"), []),
+    (("10.244.2.0/24", "fd00:10:244:1::/64"), ["OverlapsNode"]),
+    (("10.244.2.0/24", "fd00:10:245::/64"), ["OutsideClusterCIDR"]),
+    (("10.244.2.0/24", "fd00:10:244:2::/80"), ["WrongSize"]),
+])
+def test_node_dual_stack(cidrs, expected):
+    view = make_view("10.244.0.0/16,fd00:10:244::/56", nodes=DUAL_NODES)
+    assert errs(review_node("CREATE", node("b", *cidrs), None, view)) == expected
+
+
+def test_single_family_node_in_dual_stack_cluster_warns():
+    view = make_view("10.244.0.0/16,fd00:10:244::/56")
+    findings = review_node("CREATE", node("b", "10.244.2.0/24"), None, view)
+    assert [f.code for f in findings] == ["MissingFamily"]
+
+
+def test_overlap_message_names_the_other_node_and_a_free_subnet():
+    [f] = review_node("CREATE", node("worker-0003", "10.244.1.0/24"), None, make_view(nodes=NODES))
+    assert "worker-0001" in f.summary
+    # first_free skips 10.244.0.0/24? no: it is free; the fix names a real free /24.
+    assert "kubectl patch node worker-0003" in f.fix
+    assert '"podCIDR":"10.244.0.0/24"' in f.fix
+
+
+def test_changing_a_set_podcidr_is_refused_as_the_api_server_does():
+    # pkg/apis/core/validation ValidateNodeUpdate: "may not change podCIDR except from "" to valid".
+    old = node("w", "10.244.3.0/24")
+    new = node("w", "10.244.4.0/24")
+    findings = review_node("UPDATE", new, old, make_view(nodes=NODES))
+    assert errs(findings) == ["PodCIDRImmutable"]
+    assert "kubectl delete node w" in findings[0].fix
+
+
+def test_setting_a_podcidr_on_update_is_judged():
+    # `kubectl patch node worker-0003 -p '{"spec":{"podCIDR":"10.244.1.0/24"}}'` (the seed's fix gone wrong).
+    findings = review_node("UPDATE", node("worker-0003", "10.244.1.0/24"), node("worker-0003"),
+                           make_view(nodes=NODES))
+    assert errs(findings) == ["OverlapsNode"]
+
+
+def test_unchanged_podcidrs_never_block_a_label_change():
+    # A node that already overlaps must still be labelable/taintable: warn, don't deny.
+    view = make_view(nodes={"x": ["10.244.1.0/24"], "w": ["10.244.1.0/24"]})
+    old = node("w", "10.244.1.0/24")
+    new = node("w", "10.244.1.0/24")
+    new["metadata"]["labels"]["role"] = "edge"
+    findings = review_node("UPDATE", new, old, view)
+    assert errs(findings) == []
+    assert [f.code for f in findings] == ["OverlapsNode"]
+    assert findings[0].summary.startswith("pre-existing")
+
+
+def test_node_is_not_compared_with_itself():
+    view = make_view(nodes={"w": ["10.244.1.0/24"]})
+    assert review_node("CREATE", node("w", "10.244.1.0/24"), None, view) == []
+
+
+def test_custom_mask_size():
+    view = make_view("10.244.0.0/16", mask_v4=26)
+    assert errs(review_node("CREATE", node("w", "10.244.0.64/26"), None, view)) == []
+    assert errs(review_node("CREATE", node("w", "10.244.1.0/24"), None, view)) == ["WrongSize"]
+
+
+def test_delete_is_never_refused():
+    assert review_node("DELETE", None, node("w", "10.244.1.0/24"), make_view(nodes=NODES)) == []
