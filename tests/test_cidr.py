@@ -117,3 +117,12 @@ def test_overlapping_agrees_with_brute_force(entries, q_third, q_len):
     expected = sorted(n for n, net in nets.items() if net.overlaps(query))
     got = sorted(n for n, _ in index.overlapping(query, limit=10_000))
     assert got == expected
+
+
+def test_ipv6_cidrs_near_zero_stay_ipv6():
+    # ipaddress.ip_network((small_int, n)) reads IPv4; the index must keep the family.
+    index = NodeCidrIndex()
+    index.set("a", [N("::/64")])
+    assert index.overlapping(N("::/48")) == [("a", N("::/64"))]
+    assert index.first_free(N("::/56"), 64) == N("0:0:0:1::/64")
+    assert index.outside([N("fd00::/8")]) == (1, [("a", N("::/64"))])

@@ -119,6 +119,13 @@ def parse_cidr_list(text: str) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
+def _make(version: int, start: int, prefixlen: int) -> IPNetwork:
+    """A network from its integer start; ``ip_network((int, n))`` would read a small int as IPv4."""
+    if version == 4:
+        return ipaddress.IPv4Network((start, prefixlen))
+    return ipaddress.IPv6Network((start, prefixlen))
+
+
 def _shorten(text: str, limit: int = 64) -> str:
     """Quote user input for a message, never unbounded."""
     return repr(text if len(text) <= limit else text[:limit] + "…")
@@ -217,7 +224,7 @@ class NodeCidrIndex:
             else:
                 starts = bucket.by_start.irange(start, end)
             for s in starts:
-                net = ipaddress.ip_network((s, plen))
+                net = _make(version, s, plen)
                 for owner in sorted(bucket.by_start[s]):
                     if owner != exclude:
                         found.append((owner, net))
@@ -254,7 +261,7 @@ class NodeCidrIndex:
                     count += len(owners)
                     for owner in sorted(owners):
                         if len(sample) < limit:
-                            sample.append((owner, ipaddress.ip_network((s, plen))))
+                            sample.append((owner, _make(version, s, plen)))
         return count, sample
 
     def first_free(self, within: IPNetwork, prefixlen: int) -> IPNetwork | None:
@@ -271,7 +278,7 @@ class NodeCidrIndex:
         candidate = int(within.network_address)
         last = int(within.broadcast_address)
         while candidate + step - 1 <= last:
-            net = ipaddress.ip_network((candidate, prefixlen))
+            net = _make(within.version, candidate, prefixlen)
             hit = self.overlapping(net, limit=1)
             if not hit:
                 return net
