@@ -7,7 +7,9 @@ Service's DNS name (flannel-guard.flannel-guard.svc), as the API server does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import ipaddress
 import json
 import socket
 import ssl
@@ -21,6 +23,7 @@ import yaml
 from conftest import FIXTURES, node, review
 
 from webhook import certs
+from webhook.allocator import Allocator, MemoryStore
 from webhook.constants import NAMESPACE, SERVICE
 from webhook.rules import Mode
 from webhook.server import build_server
@@ -51,15 +54,19 @@ class Running:
                            extensions={"sni_hostname": SVC_DNS}, **kw)  # type: ignore[arg-type]
 
 
-def start(tmp: Path, cidr: str, mode: Mode = Mode.ENFORCE) -> Iterator[Running]:
+def start(tmp: Path, cidr: str | None, mode: Mode = Mode.ENFORCE, *, fix: bool = False) -> Iterator[Running]:
     bundle = certs.generate(SERVICE, NAMESPACE, days=1)
     certs.write_bundle(bundle, tmp)
     port = _free_port()
     settings = Settings(host="127.0.0.1", port=port, tls_cert=tmp / "tls.crt", tls_key=tmp / "tls.key",
-                        mode=mode, standalone=True, cluster_cidr=Settings.parse_cluster_cidr(cidr))
+                        mode=mode, standalone=True, cluster_cidr=Settings.parse_cluster_cidr(cidr),
+                        fix_network=fix)
     state = ClusterState(cluster_cidr=settings.cluster_cidr, cidr_source="--cluster-cidr")
     state.mark_synced()
-    server, _ = build_server(settings, state)
+    allocator = None
+    if settings.cluster_cidr:
+        allocator = Allocator(settings.cluster_cidr, index=state.index, store=MemoryStore())
+    server, _ = build_server(settings, state, allocator)
     server.config.install_signal_handlers = False  # type: ignore[attr-defined]
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
@@ -243,3 +250,81 @@ def test_warn_mode_admits_with_warnings(tmp_path: Path):
             assert resp["allowed"] is True
             assert any("would deny" in w and "172.18.0.0/16" in w for w in resp["warnings"])
             assert all(len(w) <= 256 for w in resp["warnings"])
+
+
+def apply_patch(obj: dict, resp: dict) -> dict:
+    """Apply a JSONPatch response the way the API server does (add/replace of object members)."""
+    assert resp["patchType"] == "JSONPatch"
+    out = copy.deepcopy(obj)
+    for op in json.loads(base64.b64decode(resp["patch"])):
+        assert op["op"] in ("add", "replace")
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        target = out
+        for p in parents:
+            target = target[p]
+        target[last] = op["value"]
+    return out
+
+
+def test_mutate_gives_a_node_without_podcidr_a_free_one_then_validate_admits_it(seed_server: Running):
+    with seed_server.client() as c:
+        taken = review(stored(node("worker-0002", "172.18.0.0/24")), "CREATE")
+        assert seed_server.post(c, "/validate", taken).json()["response"]["allowed"]
+        # The seed: worker-0001 joins with no podCIDR. Mutating first, then validating, as the API server.
+        joining = stored(node("worker-0001"))
+        body = review(joining, "CREATE")
+        resp = seed_server.post(c, "/mutate", body).json()["response"]
+        assert resp["uid"] == body["request"]["uid"] and resp["allowed"] is True
+        patched = apply_patch(joining, resp)
+        assert patched["spec"]["podCIDR"] == "172.18.1.0/24"
+        assert patched["spec"]["podCIDRs"] == ["172.18.1.0/24"]
+        assert seed_server.post(c, "/validate", review(patched, "CREATE")).json()["response"]["allowed"]
+        # A retry of the same admission gets the same CIDR.
+        again = seed_server.post(c, "/mutate", review(joining, "CREATE")).json()["response"]
+        assert apply_patch(joining, again)["spec"]["podCIDR"] == "172.18.1.0/24"
+
+
+def test_mutate_leaves_a_node_with_podcidr_untouched_and_dry_run_writes_nothing(seed_server: Running):
+    with seed_server.client() as c:
+        resp = seed_server.post(c, "/mutate", review(node("a", "172.18.9.0/24"))).json()["response"]
+        assert "patch" not in resp and resp["allowed"]
+        resp = seed_server.post(c, "/mutate", review(node("b"), dry_run=True)).json()["response"]
+        assert apply_patch(node("b"), resp)["spec"]["podCIDR"] == "172.18.0.0/24"
+        resp = seed_server.post(c, "/mutate", review(node("c"))).json()["response"]
+        assert apply_patch(node("c"), resp)["spec"]["podCIDR"] == "172.18.0.0/24"
+
+
+def test_mutate_refuses_when_the_range_is_exhausted(tmp_path: Path):
+    for running in start(tmp_path, "10.244.0.0/24"):
+        with running.client() as c:
+            assert running.post(c, "/mutate", review(node("a"))).json()["response"]["allowed"]
+            resp = running.post(c, "/mutate", review(node("b"))).json()["response"]
+            assert resp["allowed"] is False
+            assert "holds 1 node CIDR(s) of /24" in resp["status"]["message"]
+
+
+def test_fix_network_corrects_kube_flannel_yml_then_validate_admits_it(tmp_path: Path):
+    for running in start(tmp_path, "172.18.0.0/16", fix=True):
+        cm = configmap()
+        with running.client() as c:
+            resp = running.post(c, "/mutate", review(stored(cm))).json()["response"]
+            patched = apply_patch(cm, resp)
+            before = cm["data"]["net-conf.json"]
+            assert patched["data"]["net-conf.json"] == before.replace("10.244.0.0/16", "172.18.0.0/16")
+            assert patched["data"]["cni-conf.json"] == cm["data"]["cni-conf.json"]
+            assert any("corrected to 172.18.0.0/16" in w for w in resp["warnings"])
+            assert running.post(c, "/validate", review(patched)).json()["response"]["allowed"]
+            # Stranding: a node inside the old Network exists, so no rewrite, and validation refuses.
+            running.state.index.set("old", [ipaddress.ip_network("10.244.1.0/24")])
+            resp = running.post(c, "/mutate", review(stored(cm))).json()["response"]
+            assert "patch" not in resp
+            assert not running.post(c, "/validate", review(cm)).json()["response"]["allowed"]
+
+
+def test_fix_network_with_unknown_cluster_cidr_is_refused_not_rewritten(tmp_path: Path):
+    for running in start(tmp_path, None, fix=True):
+        with running.client() as c:
+            resp = running.post(c, "/mutate", review(configmap())).json()["response"]
+            assert "patch" not in resp
+            resp = running.post(c, "/validate", review(configmap())).json()["response"]
+            assert resp["allowed"] is False and "cluster-cidr is unknown" in resp["status"]["message"]

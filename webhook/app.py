@@ -9,7 +9,7 @@ stance (a bug must never block node registration).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from fastapi import FastAPI, Request
@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from webhook.admission import AdmissionRequest, BadReview, finish, parse_review
+from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
 from webhook.constants import (
     ROUTE_HEALTHZ,
     ROUTE_METRICS,
@@ -31,6 +32,9 @@ from webhook.constants import (
     ROUTE_VALIDATE,
 )
 from webhook.rules import ReviewInput, Verdict, decide, review
+from webhook.rules.configmap import is_flannel_configmap
+from webhook.rules.fixnetwork import fix_network
+from webhook.rules.node import node_name, pod_cidrs
 from webhook.settings import Settings
 from webhook.state import ClusterState
 
@@ -38,7 +42,7 @@ __all__ = ["Metrics", "create_app"]
 
 log = structlog.get_logger("flannel_guard")
 
-Reviewer = Callable[[ReviewInput], Verdict]
+Reviewer = Callable[[ReviewInput], Awaitable[Verdict]]
 
 
 class Metrics:
@@ -96,14 +100,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None = None) -> FastAPI:
-    """Build the ASGI app serving /validate, /mutate, /healthz, /readyz and /metrics."""
+def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None = None,
+               allocator: Allocator | None = None) -> FastAPI:
+    """Build the ASGI app serving /validate, /mutate, /healthz, /readyz and /metrics.
+
+    ``allocator`` (mutating mode) gives Nodes without a podCIDR a free, reserved one.
+    """
     metrics = metrics or Metrics()
     app = FastAPI(title="flannel-guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     app.state.cluster = state
 
-    def validate(req: ReviewInput) -> Verdict:
+    async def validate(req: ReviewInput) -> Verdict:
         view = state.view()
         verdict = decide(review(req, view, settings.rules), settings.mode, view.notes)
         if settings.standalone and verdict.allowed and not req.dry_run and req.kind == "Node":
@@ -114,9 +122,14 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
                 state.record_node(req.object)
         return verdict
 
-    def mutate(req: ReviewInput) -> Verdict:
-        # Allocation of a free podCIDR arrives with the mutating issue; until then
-        # /mutate admits unchanged and never blocks a node.
+    async def mutate(req: ReviewInput) -> Verdict:
+        if req.kind == "Node" and allocator is not None:
+            return await mutate_node(req, allocator, settings)
+        if (req.kind == "ConfigMap" and settings.fix_network and req.operation in ("CREATE", "UPDATE")
+                and is_flannel_configmap(req.object, settings.rules, req.namespace)):
+            fix = fix_network(req.object, state.view())
+            if fix is not None:
+                return Verdict(allowed=True, patch=fix.patch, warnings=fix.warnings)
         return Verdict(allowed=True)
 
     async def handle(request: Request, webhook: str, reviewer: Reviewer) -> Response:
@@ -129,7 +142,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             _, adm = parse_review(body)
         except BadReview as e:
             return _bad(e.status, str(e), metrics)
-        verdict = _run(webhook, reviewer, adm, metrics)
+        verdict = await _run(webhook, reviewer, adm, metrics)
         elapsed = time.perf_counter() - started
         kind = adm.kind.kind
         outcome = "allowed" if verdict.allowed else "denied"
@@ -178,10 +191,37 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     return app
 
 
-def _run(webhook: str, reviewer: Reviewer, adm: AdmissionRequest, metrics: Metrics) -> Verdict:
+async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings) -> Verdict:
+    """Give a Node without podCIDRs one per cluster-cidr family, reserved first, as a JSONPatch."""
+    if req.operation not in ("CREATE", "UPDATE") or pod_cidrs(req.object):
+        return Verdict(allowed=True)
+    name = node_name(req.object)
+    if not name:
+        return Verdict(allowed=True)
+    try:
+        cidrs = await allocator.assign(name, dry_run=req.dry_run)
+    except RangeExhaustedError as e:
+        return Verdict(allowed=False, code=403, reason="CIDRRangeExhausted",
+                       message=f"flannel-guard cannot give node {name} a podCIDR: {e}")
+    except StoreUnavailable as e:
+        text = (f"flannel-guard could not reserve a podCIDR for node {name} ({str(e)[:120]});"
+                " the node has none until one is assigned")
+        if settings.on_reservation_failure == "deny":
+            return Verdict(allowed=False, code=503, reason="ReservationFailed", message=text)
+        return Verdict(allowed=True, warnings=(text[:256],))
+    values = [str(c) for c in cidrs]
+    if isinstance((req.object or {}).get("spec"), dict):
+        patch = [{"op": "add", "path": "/spec/podCIDR", "value": values[0]},
+                 {"op": "add", "path": "/spec/podCIDRs", "value": values}]
+    else:
+        patch = [{"op": "add", "path": "/spec", "value": {"podCIDR": values[0], "podCIDRs": values}}]
+    return Verdict(allowed=True, patch=patch)
+
+
+async def _run(webhook: str, reviewer: Reviewer, adm: AdmissionRequest, metrics: Metrics) -> Verdict:
     """Run a reviewer; a bug inside it answers by failure stance instead of a 500."""
     try:
-        return reviewer(adm.to_input())
+        return await reviewer(adm.to_input())
     except Exception:
         metrics.internal_errors.labels(webhook).inc()
         log.exception("review failed", webhook=webhook, uid=adm.uid[:64], kind=adm.kind.kind)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sortedcontainers import SortedDict
@@ -154,6 +154,17 @@ class NodeCidrIndex:
     def __init__(self) -> None:
         self._by_node: dict[str, tuple[IPNetwork, ...]] = {}
         self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._observers: list[Callable[[str, tuple[IPNetwork, ...], tuple[IPNetwork, ...]], None]] = []
+
+    def subscribe(
+        self, observer: Callable[[str, tuple[IPNetwork, ...], tuple[IPNetwork, ...]], None]
+    ) -> None:
+        """Call ``observer(node, removed, added)`` after every change (the allocator follows it)."""
+        self._observers.append(observer)
+
+    def _notify(self, node: str, removed: tuple[IPNetwork, ...], added: tuple[IPNetwork, ...]) -> None:
+        for observer in self._observers:
+            observer(node, removed, added)
 
     def __len__(self) -> int:
         return len(self._by_node)
@@ -171,11 +182,15 @@ class NodeCidrIndex:
     def set(self, node: str, cidrs: Iterable[IPNetwork]) -> None:
         """Record ``node``'s CIDRs, replacing what it had (idempotent)."""
         new = tuple(cidrs)
-        if self._by_node.get(node) == new:
+        old = self._by_node.get(node, ())
+        if old == new:
             return
-        self.remove(node)
-        if not new:
-            return
+        self._drop(node)
+        if new:
+            self._add(node, new)
+        self._notify(node, old, new)
+
+    def _add(self, node: str, new: tuple[IPNetwork, ...]) -> None:
         self._by_node[node] = new
         for net in new:
             bucket = self._buckets.setdefault((net.version, net.prefixlen), _Bucket())
@@ -187,6 +202,11 @@ class NodeCidrIndex:
 
     def remove(self, node: str) -> None:
         """Forget ``node`` and free its CIDRs (idempotent)."""
+        old = self._drop(node)
+        if old:
+            self._notify(node, old, ())
+
+    def _drop(self, node: str) -> tuple[IPNetwork, ...]:
         old = self._by_node.pop(node, ())
         for net in old:
             key = (net.version, net.prefixlen)
@@ -198,12 +218,14 @@ class NodeCidrIndex:
                 del bucket.by_start[start]
             if not bucket.by_start:
                 del self._buckets[key]
+        return old
 
     def replace_all(self, entries: Iterable[tuple[str, Iterable[IPNetwork]]]) -> None:
-        """Swap the whole content for ``entries`` (a relist)."""
-        self._by_node.clear()
-        self._buckets.clear()
-        for node, cidrs in entries:
+        """Make the content exactly ``entries`` (a relist), changing only what differs."""
+        wanted = {node: tuple(cidrs) for node, cidrs in entries}
+        for node in [n for n in self._by_node if n not in wanted]:
+            self.remove(node)
+        for node, cidrs in wanted.items():
             self.set(node, cidrs)
 
     def overlapping(

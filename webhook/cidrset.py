@@ -313,6 +313,10 @@ class CidrSet:
 
     # --- internals ------------------------------------------------------------
 
+    def exhausted_error(self) -> RangeExhaustedError:
+        """The error :meth:`allocate_next` raises when no candidate is left (for callers that walk)."""
+        return self._exhausted(rejected=0)
+
     def _exhausted(self, *, rejected: int) -> RangeExhaustedError:
         if rejected:
             state = f"{self._used} in use and the other {rejected} reserved elsewhere"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,19 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric)
+
+
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def env_default_pod_namespace() -> str:
+    """``POD_NAMESPACE`` (downward API), else the service account's namespace file, else ours."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SA_NAMESPACE_FILE.read_text().strip() or NAMESPACE
+    except OSError:
+        return NAMESPACE
 
 
 def _arch() -> str:
@@ -120,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     src.add_argument("--kubeconfig", type=Path, default=None)
     serve.add_argument("--log-level", default=env_default("log_level", "info"))
+    serve.add_argument("--allocate", choices=["on", "off"], default=env_default("allocate", "on"),
+                       help="mutating: give Nodes without a podCIDR a free one (default on)")
+    serve.add_argument("--on-reservation-failure", choices=["admit", "deny"],
+                       default=env_default("on_reservation_failure", "admit"),
+                       help="when the reservation cannot be written: admit the Node without a podCIDR"
+                            " (default, never blocks registration) or deny it")
+    serve.add_argument("--reservation-grace", type=float,
+                       default=float(env_default("reservation_grace", "600") or 600),
+                       help="seconds before a reservation is reclaimed (default 600)")
+    serve.add_argument("--fix-network", action="store_true",
+                       default=env_default("fix_network", "") in ("1", "true", "on"),
+                       help="mutating: correct a flannel ConfigMap's Network to the cluster-cidr")
+    serve.add_argument("--namespace", default=env_default("namespace") or env_default_pod_namespace(),
+                       help="namespace of the reservation Leases (default: POD_NAMESPACE, the service"
+                            " account's namespace, else flannel-guard)")
 
     check = sub.add_parser(
         "check", help="check manifest files offline (exit 0 clean, 1 violations, 2 bad input)")
@@ -198,6 +227,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
         cluster_cidr=_cidr_arg(cidr_text), mask_v4=args.mask_v4, mask_v6=args.mask_v6,
         rules=_rule_settings(args, Severity.ERROR), log_level=args.log_level,
+        allocate=args.allocate == "on", on_reservation_failure=args.on_reservation_failure,
+        reservation_grace=args.reservation_grace, fix_network=args.fix_network,
+        namespace=args.namespace,
     )
     if not standalone:
         print("flannel-guard serve: live cluster mode (--in-cluster/--kubeconfig) is not built"

@@ -15,6 +15,7 @@ from types import FrameType
 import structlog
 import uvicorn
 
+from webhook.allocator import Allocator, MemoryStore
 from webhook.app import create_app
 from webhook.certs import CertReloader, server_ssl_context
 from webhook.settings import Settings
@@ -37,10 +38,11 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def build_server(settings: Settings, state: ClusterState) -> tuple[uvicorn.Server, CertReloader]:
+def build_server(settings: Settings, state: ClusterState,
+                 allocator: Allocator | None = None) -> tuple[uvicorn.Server, CertReloader]:
     """A uvicorn server over HTTPS with flannel-guard's own TLS context."""
     assert settings.tls_cert and settings.tls_key
-    app = create_app(settings, state)
+    app = create_app(settings, state, allocator=allocator)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -67,8 +69,15 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                          mask_v4=settings.mask_v4, mask_v6=settings.mask_v6)
     if settings.standalone:
         state.mark_synced()
-    server, reloader = build_server(settings, state)
-    reload_task = asyncio.create_task(reloader.run())
+    allocator = None
+    tasks = []
+    if settings.allocate and settings.cluster_cidr:
+        allocator = Allocator(settings.cluster_cidr, index=state.index, store=MemoryStore(),
+                              mask_v4=settings.mask_v4, mask_v6=settings.mask_v6,
+                              grace=settings.reservation_grace)
+        tasks.append(asyncio.create_task(allocator.run_reclaimer(min(60.0, settings.reservation_grace))))
+    server, reloader = build_server(settings, state, allocator)
+    tasks.append(asyncio.create_task(reloader.run()))
     log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
              cidr_source=cidr_source)
@@ -76,7 +85,8 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         await server.serve()
     finally:
         state.ready = False
-        reload_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reload_task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         log.info("stopped")

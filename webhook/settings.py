@@ -44,6 +44,16 @@ class Settings:
     rules: RuleSettings = field(default_factory=RuleSettings)
     max_body_bytes: int = MAX_BODY_BYTES
     log_level: str = "info"
+    # Mutating mode: give Nodes without a podCIDR a free one.
+    allocate: bool = True
+    # When the reservation cannot be written: "admit" the Node without a podCIDR (with a
+    # warning) rather than block node registration, or "deny" it.
+    on_reservation_failure: str = "admit"
+    # Seconds a reservation lives before it is reclaimed (its node then holds the CIDR itself).
+    reservation_grace: float = 600.0
+    # Correct a flannel ConfigMap's Network to the cluster-cidr instead of refusing it.
+    fix_network: bool = False
+    namespace: str = "flannel-guard"
 
     @staticmethod
     def parse_cluster_cidr(text: str | None) -> tuple[IPNetwork, ...] | None:

@@ -27,6 +27,7 @@ class ClusterState:
     mask_v4: int = 24
     mask_v6: int = 64
     notes: tuple[str, ...] = ()
+    disputed: bool = False
     index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
     ready: bool = False
     # Monotonic time of the last confirmation from the API (None: never / standalone).
@@ -43,12 +44,14 @@ class ClusterState:
                 mask_v4=self.mask_v4,
                 mask_v6=self.mask_v6,
                 notes=self.notes,
+                disputed=self.disputed,
             )
         return self._view
 
     def set_cidr(self, cidr: tuple[IPNetwork, ...] | None, source: str,
-                 notes: tuple[str, ...] = ()) -> None:
+                 notes: tuple[str, ...] = (), *, disputed: bool = False) -> None:
         self.cluster_cidr, self.cidr_source, self.notes = cidr, source, notes
+        self.disputed = disputed
         self._view = None
 
     def record_node(self, obj: dict[str, object] | None) -> None:

@@ -100,6 +100,8 @@ class ClusterView:
     mask_v4: int = 24
     mask_v6: int = 64
     notes: tuple[str, ...] = ()
+    # True when the cluster-cidr sources disagree (the effective one may be wrong).
+    disputed: bool = False
 
     def cidr_of_family(self, version: int) -> IPNetwork | None:
         for net in self.cluster_cidr or ():
