@@ -1,0 +1,449 @@
+"""Kubernetes APIs served over HTTP on 127.0.0.1 for the cluster tests.
+
+Two of them, because each does what the other cannot:
+
+* :func:`kmock_api` starts ``kmock``'s :class:`kmock.KubernetesEmulator` (an
+  in-memory object store over HTTP) with pods and configmaps declared, so that a
+  list in a namespace where nothing was put answers an empty list rather than
+  kmock's 404 for an unknown resource. Good for discovery (plain GETs); note that
+  it does not filter by ``labelSelector`` and its watch ignores
+  ``resourceVersion`` / ``timeoutSeconds`` and has no 410.
+* :class:`FakeKubeApi`, a small aiohttp server with the watch semantics the node
+  watcher depends on: numbered resourceVersions, a history that a watch resumes
+  from, ``timeoutSeconds``, bookmarks, 410 Gone (as an HTTP status or as an
+  ERROR event, for a compacted history), dropped connections and downtime
+  (:meth:`FakeKubeApi.down` / :meth:`FakeKubeApi.up` on the same port). It also
+  serves namespaced pods (with ``labelSelector``) and configmaps.
+
+Both keep every request for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp.web
+import kmock
+import kubernetes.client
+
+__all__ = [
+    "FakeKubeApi",
+    "Seen",
+    "client_for",
+    "kcm_pod",
+    "kmock_api",
+    "kmock_put",
+    "kube_proxy_configmap",
+    "kubeadm_configmap",
+    "node",
+]
+
+
+def client_for(url: str) -> kubernetes.client.ApiClient:
+    """A kubernetes client for a plain-HTTP loopback server, no retries."""
+    cfg = kubernetes.client.Configuration()
+    cfg.host = url.rstrip("/")
+    cfg.retries = False
+    return kubernetes.client.ApiClient(cfg)
+
+
+def node(name: str, *cidrs: str, rv: str | None = None) -> dict[str, Any]:
+    """A Node as the API returns it, with only what matters here."""
+    spec: dict[str, Any] = {}
+    if cidrs:
+        spec = {"podCIDR": cidrs[0], "podCIDRs": list(cidrs)}
+    meta: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/hostname": name}}
+    if rv is not None:
+        meta["resourceVersion"] = rv
+    return {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": spec,
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+# --- objects shaped as kubeadm writes them ---------------------------------------------------
+
+
+def kcm_pod(
+    name: str = "kube-controller-manager-cp1",
+    *,
+    cluster_cidr: str | None = "10.244.0.0/16",
+    allocate: bool = True,
+    service_range: str | None = "10.96.0.0/12",
+    extra: tuple[str, ...] = (),
+    in_args: bool = False,
+) -> dict[str, Any]:
+    """kubeadm's kube-controller-manager static pod (``cmd/kubeadm/app/phases/controlplane``).
+
+    kubeadm adds ``--allocate-node-cidrs=true`` and ``--cluster-cidr`` only when
+    podSubnet is set. ``in_args`` moves the flags to ``args`` as ``--flag value``.
+    """
+    flags: list[tuple[str, str]] = []
+    if allocate:
+        flags.append(("allocate-node-cidrs", "true"))
+    flags += [
+        ("authentication-kubeconfig", "/etc/kubernetes/controller-manager.conf"),
+        ("authorization-kubeconfig", "/etc/kubernetes/controller-manager.conf"),
+        ("bind-address", "127.0.0.1"),
+        ("client-ca-file", "/etc/kubernetes/pki/ca.crt"),
+    ]
+    if cluster_cidr is not None:
+        flags.append(("cluster-cidr", cluster_cidr))
+    flags += [
+        ("cluster-name", "kubernetes"),
+        ("cluster-signing-cert-file", "/etc/kubernetes/pki/ca.crt"),
+        ("cluster-signing-key-file", "/etc/kubernetes/pki/ca.key"),
+        ("controllers", "*,bootstrapsigner,tokencleaner"),
+        ("kubeconfig", "/etc/kubernetes/controller-manager.conf"),
+        ("leader-elect", "true"),
+        ("requestheader-client-ca-file", "/etc/kubernetes/pki/front-proxy-ca.crt"),
+        ("root-ca-file", "/etc/kubernetes/pki/ca.crt"),
+        ("service-account-private-key-file", "/etc/kubernetes/pki/sa.key"),
+    ]
+    if service_range is not None:
+        flags.append(("service-cluster-ip-range", service_range))
+    flags.append(("use-service-account-credentials", "true"))
+    container: dict[str, Any] = {
+        "name": "kube-controller-manager",
+        "image": "registry.k8s.io/kube-controller-manager:v1.31.0",
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if in_args:
+        container["command"] = ["/usr/local/bin/kube-controller-manager"]
+        # A bool flag takes no separate value in pflag: bare ``--allocate-node-cidrs``.
+        container["args"] = [a for k, v in flags
+                             for a in ((f"--{k}",) if k == "allocate-node-cidrs" else (f"--{k}", v))]
+        container["args"] += list(extra)
+    else:
+        container["command"] = ["kube-controller-manager", *(f"--{k}={v}" for k, v in flags), *extra]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "kube-system",
+            "labels": {"component": "kube-controller-manager", "tier": "control-plane"},
+            "annotations": {"kubernetes.io/config.source": "file"},
+        },
+        "spec": {"containers": [container], "hostNetwork": True,
+                 "priorityClassName": "system-node-critical"},
+    }
+
+
+_KUBEADM_HEAD = {
+    "v1beta2": "apiServer:\n  extraArgs:\n    authorization-mode: Node,RBAC\n"
+               "  timeoutForControlPlane: 4m0s\napiVersion: kubeadm.k8s.io/v1beta2\n",
+    "v1beta3": "apiServer:\n  extraArgs:\n    authorization-mode: Node,RBAC\n"
+               "  timeoutForControlPlane: 4m0s\napiVersion: kubeadm.k8s.io/v1beta3\n",
+    "v1beta4": "apiServer: {}\napiVersion: kubeadm.k8s.io/v1beta4\n"
+               "caCertificateValidityPeriod: 87600h0m0s\ncertificateValidityPeriod: 8760h0m0s\n",
+}
+_KUBEADM_CM = {
+    "v1beta2": "controllerManager: {}\ndns:\n  type: CoreDNS\n",
+    "v1beta3": "controllerManager: {}\ndns: {}\n",
+    # v1beta4: extraArgs became a list of name/value pairs.
+    "v1beta4": "controllerManager:\n  extraArgs:\n  - name: node-cidr-mask-size\n    value: \"24\"\n"
+               "dns: {}\nencryptionAlgorithm: RSA-2048\n",
+}
+
+
+def kubeadm_configmap(
+    version: str = "v1beta4", pod_subnet: str | None = "10.244.0.0/16",
+    service_subnet: str | None = "10.96.0.0/12",
+) -> dict[str, Any]:
+    """kube-system/kubeadm-config as ``kubeadm init`` uploads it (``ClusterConfiguration`` YAML)."""
+    networking = "networking:\n  dnsDomain: cluster.local\n"
+    if pod_subnet is not None:
+        networking += f"  podSubnet: {pod_subnet}\n"
+    if service_subnet is not None:
+        networking += f"  serviceSubnet: {service_subnet}\n"
+    text = (
+        _KUBEADM_HEAD[version]
+        + "certificatesDir: /etc/kubernetes/pki\nclusterName: kubernetes\n"
+        + _KUBEADM_CM[version]
+        + "etcd:\n  local:\n    dataDir: /var/lib/etcd\nimageRepository: registry.k8s.io\n"
+        + "kind: ClusterConfiguration\nkubernetesVersion: v1.31.0\n"
+        + networking
+        + ("proxy: {}\n" if version == "v1beta4" else "")
+        + "scheduler: {}\n"
+    )
+    data = {"ClusterConfiguration": text}
+    if version == "v1beta2":  # kubeadm < 1.22 also kept the ClusterStatus here
+        data["ClusterStatus"] = ("apiEndpoints:\n  cp1:\n    advertiseAddress: 192.168.0.10\n"
+                                 "    bindPort: 6443\napiVersion: kubeadm.k8s.io/v1beta2\n"
+                                 "kind: ClusterStatus\n")
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"}, "data": data}
+
+
+def kube_proxy_configmap(cluster_cidr: str | None = "10.244.0.0/16") -> dict[str, Any]:
+    """kube-system/kube-proxy as kubeadm writes it; ``clusterCIDR: ""`` without a podSubnet."""
+    value = cluster_cidr or '""'
+    conf = (
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nbindAddress: 0.0.0.0\n"
+        "bindAddressHardFail: false\nclientConnection:\n  acceptContentTypes: \"\"\n  burst: 0\n"
+        "  contentType: \"\"\n  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n  qps: 0\n"
+        f"clusterCIDR: {value}\nconfigSyncPeriod: 0s\nconntrack:\n  maxPerCore: null\n"
+        "  min: null\nkind: KubeProxyConfiguration\nmode: \"\"\n"
+    )
+    kubeconfig = ("apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
+                  "    server: https://192.168.0.10:6443\n  name: default\n")
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-proxy", "namespace": "kube-system",
+                         "labels": {"app": "kube-proxy"}},
+            "data": {"config.conf": conf, "kubeconfig.conf": kubeconfig}}
+
+
+# --- kmock ----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def kmock_api() -> AsyncIterator[tuple[kmock.KubernetesEmulator, str]]:
+    """kmock's emulator on 127.0.0.1 with v1 pods and configmaps declared (empty lists answer 200)."""
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+        emulator.resources["v1/pods"] = {}
+        emulator.resources["v1/configmaps"] = {}
+        yield emulator, str(server.url)
+
+
+def kmock_put(emulator: kmock.KubernetesEmulator, plural: str, obj: dict[str, Any]) -> None:
+    """Store a namespaced core/v1 object in the emulator."""
+    meta = obj["metadata"]
+    emulator.objects[kmock.resource("", "v1", plural), meta["namespace"], meta["name"]] = obj
+
+
+# --- the watch-capable fake -----------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+
+
+@dataclass
+class _Event:
+    seq: int
+    rv: int
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeKubeApi:
+    """A loopback Kubernetes API with real list/watch semantics for Nodes.
+
+    Use as ``async with FakeKubeApi() as api:``; ``api.url`` for the client.
+    """
+
+    gone_as_http: bool = False  # 410 as an HTTP status instead of an ERROR event in the stream
+    requests: list[Seen] = field(default_factory=list)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rv = 1
+        self._seq = 0
+        self._compacted = 0  # watches from a resourceVersion below this get 410
+        self._history: list[_Event] = []
+        self._cond = asyncio.Condition()
+        self._generation = 0  # bumped by expire(): open watches end with 410
+        self._streams: dict[int, aiohttp.web.BaseRequest] = {}
+        self._runner: aiohttp.web.AppRunner | None = None
+        self._port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeKubeApi:
+        await self.up()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.down()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def up(self) -> None:
+        """Listen (again) on 127.0.0.1, on the same port as before if there was one."""
+        app = aiohttp.web.Application()
+        app.router.add_get("/api/v1/nodes", self._nodes)
+        app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
+        app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
+        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None,
+                                             shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
+        await site.start()
+        if not self._port:
+            server = site._server
+            assert server is not None
+            self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def down(self) -> None:
+        """Stop listening and cut every open connection (an API server restart)."""
+        self.drop_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- what tests do to the cluster --------------------------------------------------------
+
+    async def put_node(self, obj: dict[str, Any]) -> None:
+        """Create or replace a Node; open watches get ADDED or MODIFIED."""
+        name = obj["metadata"]["name"]
+        kind = "MODIFIED" if name in self.nodes else "ADDED"
+        await self._record(kind, name, copy.deepcopy(obj))
+
+    async def delete_node(self, name: str) -> None:
+        """Delete a Node; open watches get DELETED."""
+        await self._record("DELETED", name, copy.deepcopy(self.nodes[name]))
+
+    async def bookmark(self) -> None:
+        """Send a BOOKMARK with the current resourceVersion to open watches."""
+        async with self._cond:
+            self._seq += 1
+            body = {"type": "BOOKMARK", "object": {"apiVersion": "v1", "kind": "Node",
+                                                   "metadata": {"resourceVersion": str(self._rv)}}}
+            self._history.append(_Event(self._seq, self._rv, body))
+            self._cond.notify_all()
+
+    async def expire(self) -> None:
+        """Compact the history: every resourceVersion so far is too old (410), open watches end."""
+        async with self._cond:
+            self._rv += 1
+            self._compacted = self._rv
+            self._history.clear()
+            self._generation += 1
+            self._cond.notify_all()
+
+    def drop_watches(self) -> None:
+        """Cut open watch connections mid-stream (no chunked terminator: the client sees a broken read)."""
+        for request in list(self._streams.values()):
+            if request.transport is not None:
+                request.transport.abort()
+        self._streams.clear()
+
+    def watches(self) -> list[Seen]:
+        return [r for r in self.requests if r.path == "/api/v1/nodes" and r.query.get("watch") == "true"]
+
+    def lists(self) -> list[Seen]:
+        return [r for r in self.requests if r.path == "/api/v1/nodes" and r.query.get("watch") != "true"]
+
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def _record(self, kind: str, name: str, obj: dict[str, Any]) -> None:
+        async with self._cond:
+            self._rv += 1
+            self._seq += 1
+            obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+            if kind == "DELETED":
+                self.nodes.pop(name, None)
+            else:
+                self.nodes[name] = obj
+            self._history.append(_Event(self._seq, self._rv, {"type": kind, "object": obj}))
+            self._cond.notify_all()
+
+    def _seen(self, request: aiohttp.web.Request) -> None:
+        self.requests.append(Seen(request.method, request.path, dict(request.query)))
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}
+
+    async def _nodes(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        if request.query.get("watch") in ("true", "1"):
+            return await self._watch(request)
+        async with self._cond:
+            body = {"apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": str(self._rv)},
+                    "items": [copy.deepcopy(n) for n in self.nodes.values()]}
+        return aiohttp.web.json_response(body)
+
+    async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        start = int(request.query.get("resourceVersion") or 0)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        gone = self._status(410, "Expired", f"too old resource version: {start} ({self._compacted})")
+        if start and start < self._compacted and self.gone_as_http:
+            return aiohttp.web.json_response(gone, status=410)
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+
+        async def send(body: dict[str, Any]) -> None:
+            await resp.write(json.dumps(body).encode() + b"\n")
+
+        if start and start < self._compacted:
+            await send({"type": "ERROR", "object": gone})
+            await resp.write_eof()
+            return resp
+        self._streams[id(request)] = request
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        generation = self._generation
+        try:
+            if not start:  # resourceVersion unset or "0": synthetic ADDED for what exists
+                async with self._cond:
+                    initial = [copy.deepcopy(n) for n in self.nodes.values()]
+                    start = self._rv
+                for obj in initial:
+                    await send({"type": "ADDED", "object": obj})
+            seq = next((e.seq - 1 for e in self._history if e.rv > start), self._seq)
+            while True:
+                async with self._cond:
+                    pending = [e for e in self._history if e.seq > seq]
+                    expired = self._generation != generation
+                    if not pending and not expired:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._cond.wait(), remaining)
+                        continue
+                if expired:
+                    if not self.gone_as_http:  # else: end cleanly; the rewatch gets HTTP 410
+                        await send({"type": "ERROR", "object": gone | {
+                            "message": f"too old resource version: {start} ({self._compacted})"}})
+                    break
+                for event in pending:
+                    await send(event.body)
+                    seq = event.seq
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client or drop_watches() cut it
+        finally:
+            self._streams.pop(id(request), None)
+        return resp
+
+    async def _list_namespaced(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        ns, plural = request.match_info["ns"], request.match_info["plural"]
+        selector = request.query.get("labelSelector", "")
+        wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        items = [
+            copy.deepcopy(obj) for (p, n, _), obj in self.objects.items()
+            if p == plural and n == ns
+            and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+        return aiohttp.web.json_response({"apiVersion": "v1", "kind": "List",
+                                          "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    async def _get_namespaced(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
+        if key not in self.objects:
+            return aiohttp.web.json_response(
+                self._status(404, "NotFound", f'{key[0]} "{key[2]}" not found'), status=404)
+        return aiohttp.web.json_response(self.objects[key])

@@ -1,0 +1,421 @@
+"""The thin I/O shell around :mod:`webhook.discovery` and the node index.
+
+* :func:`discover` reads the kube-controller-manager pod(s), the ``kubeadm-config``
+  and ``kube-proxy`` ConfigMaps in kube-system and hands them to the pure parsers.
+  A source that answers 404 or 403 (or cannot be reached) is absent, with a note:
+  it needs fewer RBAC rights to try and handle the failure than to check first.
+* :class:`NodeWatcher` keeps :attr:`ClusterState.index` current, in the shape of
+  kopf's ``watching.py``: list Nodes, mark synced, watch from the list's
+  resourceVersion, relist on 410 Gone, back off (capped, exponential, with jitter)
+  on connection errors and API restarts. Only name + podCIDRs are kept per node;
+  the list and the watch stream are read as raw JSON, never as client models.
+
+The kubernetes client is synchronous: every call runs in a worker thread
+(:func:`asyncio.to_thread`) with a timeout, so the event loop serving admissions
+never blocks and nothing waits forever (the watch's read timeout is a little
+above its server-side ``timeoutSeconds``). The index is only ever changed on the
+event loop's thread: the worker thread parses, the loop applies.
+
+When the API is unreachable (the policy)
+-----------------------------------------
+The last known cluster-cidr and node index keep serving: refusing every
+admission because the API blinked would hurt more than judging against a
+slightly old picture. ``/readyz`` becomes true after the first successful list
+and stays true while the API is away, so that both replicas do not go unready
+together during a brief API restart (that would fail every admission by
+``failurePolicy``). Past a bound (:data:`STALENESS_BOUND`, 300 s) without any
+confirmation from the API (a list, a watch event, a bookmark, a watch that ended
+cleanly), :func:`staleness_note` returns a warning that admission responses
+carry, and the operator sees it in ``kubectl`` output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from webhook.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.discovery import (
+    CidrSource,
+    ControllerManagerFacts,
+    Resolution,
+    flag_source,
+    from_controller_manager_pod,
+    from_kube_proxy,
+    from_kubeadm_config,
+    resolve,
+)
+from webhook.rules.node import node_name, pod_cidrs
+from webhook.state import ClusterState
+
+__all__ = [
+    "STALENESS_BOUND",
+    "NodeWatcher",
+    "api_client",
+    "apply_resolution",
+    "discover",
+    "staleness_note",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds without a confirmation from the API after which responses carry a warning.
+STALENESS_BOUND = 300.0
+#: Label of kubeadm's (and most installers') kube-controller-manager static pod.
+_KCM_LABEL = ("component", "kube-controller-manager")
+#: Errors that mean "the API did not answer properly"; anything else is a bug and propagates.
+_TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def api_client(kubeconfig: Path | None, in_cluster: bool) -> kubernetes.client.ApiClient:
+    """A client from the pod's service account (``in_cluster``) or a kubeconfig file.
+
+    ``kubeconfig=None`` outside the cluster means ``$KUBECONFIG`` / ``~/.kube/config``.
+    """
+    cfg = kubernetes.client.Configuration()
+    if in_cluster:
+        kubernetes.config.load_incluster_config(client_configuration=cfg)
+    else:
+        kubernetes.config.load_kube_config(
+            config_file=str(kubeconfig) if kubeconfig else None, client_configuration=cfg)
+    # One attempt per call: our own loop retries with backoff, and a retried read
+    # timeout would multiply the bound of every call.
+    cfg.retries = False
+    return kubernetes.client.ApiClient(cfg)
+
+
+def _trim(text: object, limit: int = 120) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason or ''}".strip()
+    return _trim(f"{type(exc).__name__}: {exc}", 100)
+
+
+# --- discovery --------------------------------------------------------------------------------
+
+
+async def discover(
+    api: kubernetes.client.ApiClient,
+    flag: tuple[IPNetwork, ...] | str | None = None,
+    *,
+    flag_origin: str = "--cluster-cidr flag",
+    namespace: str = "kube-system",
+    timeout: float = 5.0,
+) -> Resolution:
+    """Read every cluster-cidr source the API has and resolve them (:func:`webhook.discovery.resolve`).
+
+    ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The three reads
+    run concurrently, each in a thread with ``timeout`` seconds (connect and read).
+    """
+    core = kubernetes.client.CoreV1Api(api)
+
+    def get(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+        """(parsed JSON, None) or (None, why this source is absent). Runs in a worker thread."""
+        try:
+            resp = call(*args, _preload_content=False, _request_timeout=(timeout, timeout), **kwargs)
+            return json.loads(resp.data), None
+        except ApiException as e:
+            if e.status == 404:
+                return None, f"{what}: not found (404); source absent"
+            if e.status in (401, 403):
+                return None, f"{what}: not readable ({e.status}); source absent (check RBAC)"
+            return None, f"{what}: {_why(e)}; source absent"
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            return None, f"{what}: unreachable ({_why(e)}); source absent"
+
+    selector = "=".join(_KCM_LABEL)
+    answers = await asyncio.gather(
+        asyncio.to_thread(get, f"pods in {namespace} ({selector})", core.list_namespaced_pod,
+                          namespace, label_selector=selector),
+        asyncio.to_thread(get, f"ConfigMap {namespace}/kubeadm-config", core.read_namespaced_config_map,
+                          "kubeadm-config", namespace),
+        asyncio.to_thread(get, f"ConfigMap {namespace}/kube-proxy", core.read_namespaced_config_map,
+                          "kube-proxy", namespace),
+    )
+    (pods, kubeadm, proxy) = (doc for doc, _ in answers)
+    notes = [note for _, note in answers if note]
+
+    sources: list[CidrSource] = []
+    services: list[CidrSource] = []
+    if flag:
+        if isinstance(flag, str):
+            sources.append(flag_source(flag, flag_origin))
+        else:
+            sources.append(CidrSource(flag_origin, tuple(flag), ",".join(map(str, flag))))
+    facts: list[ControllerManagerFacts] = []
+    for pod in _items(pods):
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(_KCM_LABEL[0]) != _KCM_LABEL[1]:
+            continue  # the server filtered already; an emulator may not
+        f = from_controller_manager_pod(pod)
+        facts.append(f)
+        sources.append(f.cluster_cidr)
+        if f.service_cluster_ip_range:
+            services.append(f.service_cluster_ip_range)
+    if isinstance(pods, dict) and not facts:
+        notes.append(f"no kube-controller-manager pod in {namespace} (label {selector})")
+    if isinstance(kubeadm, dict):
+        pod_subnet, service_subnet = from_kubeadm_config(kubeadm)
+        if pod_subnet is not None:
+            sources.append(pod_subnet)
+        if service_subnet is not None:
+            services.append(service_subnet)
+    if isinstance(proxy, dict) and (cidr := from_kube_proxy(proxy)) is not None:
+        sources.append(cidr)
+    resolution = resolve(sources, services=services, controller_managers=facts)
+    return dataclasses.replace(resolution, absent=tuple(notes))
+
+
+def _items(doc: object) -> list[dict[str, Any]]:
+    items = doc.get("items") if isinstance(doc, dict) else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def apply_resolution(state: ClusterState, resolution: Resolution) -> None:
+    """Put a discovery result into the serving state (cluster-cidr, origin, masks, notes)."""
+    state.mask_v4, state.mask_v6 = resolution.mask_v4, resolution.mask_v6
+    origin = resolution.effective.origin if resolution.effective else "no source"
+    # Sources holding different values: the effective one may be wrong (no automatic fixes then).
+    state.set_cidr(resolution.networks, origin, resolution.notes, disputed=not resolution.agree)
+
+
+def staleness_note(state: ClusterState, now: float, bound: float = STALENESS_BOUND) -> str | None:
+    """A warning when the API last confirmed the node index more than ``bound`` seconds before ``now``.
+
+    ``now`` is on the :func:`time.monotonic` clock (as ``state.last_sync``). None when
+    fresh, or when there never was a sync (standalone mode, or not ready yet:
+    ``/readyz`` says so then).
+    """
+    if state.last_sync is None:
+        return None
+    age = now - state.last_sync
+    if age <= bound:
+        return None
+    return (f"flannel-guard has not heard from the Kubernetes API for {int(age)}s: judged against"
+            " the last known cluster-cidr and node podCIDRs")
+
+
+# --- the node watcher -----------------------------------------------------------------------
+
+Entry = tuple[str, tuple[IPNetwork, ...]]
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410 Gone): relist."""
+
+
+def _entry(obj: dict[str, Any]) -> Entry | None:
+    """A Node reduced to what the rules need: its name and the podCIDRs that parse."""
+    name = node_name(obj)
+    if not name:
+        return None
+    nets: list[IPNetwork] = []
+    for text in pod_cidrs(obj):
+        with contextlib.suppress(CidrError):
+            nets.append(parse_cidr(text).network)
+    return name, tuple(nets)
+
+
+def _lines(resp: Any) -> Iterator[bytes]:
+    """Line-delimited JSON from a streaming urllib3 response (one watch event a line)."""
+    buffer = b""
+    for chunk in resp.stream(amt=None, decode_content=False):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buffer.strip():
+        yield buffer
+
+
+class NodeWatcher:
+    """List + watch Nodes into ``state.index``; :meth:`run` until :meth:`stop` (or ``max_cycles``).
+
+    One *cycle* is a list when needed, then one watch request until it ends
+    (server timeout, dropped connection, 410, error). Failures back off with
+    ``min(backoff_max, backoff_initial * 2**(n-1))`` scaled by a jitter in
+    [0.5, 1); a 410 relists at once.
+    """
+
+    def __init__(
+        self,
+        api: kubernetes.client.ApiClient,
+        state: ClusterState,
+        *,
+        timeout_seconds: int = 290,
+        request_timeout: float = 10.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._state = state
+        self._timeout_seconds = timeout_seconds
+        self._request_timeout = request_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._jitter = jitter
+        self._stop = asyncio.Event()
+        self._resource_version: str | None = None
+        self._response: Any = None
+        self._gone_streak = 0  # 410s in a row without an event in between
+        self._lock = threading.Lock()
+        #: Counters for tests and metrics.
+        self.cycles = 0
+        self.lists = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+
+    @property
+    def resource_version(self) -> str | None:
+        return self._resource_version
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to end; interrupts a backoff and a watch stream being read."""
+        self._stop.set()
+        with self._lock:
+            resp = self._response
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
+
+    async def run(self, max_cycles: int | None = None) -> None:
+        """Keep the index current until stopped, or for ``max_cycles`` cycles (tests)."""
+        while not self._stop.is_set() and (max_cycles is None or self.cycles < max_cycles):
+            self.cycles += 1
+            try:
+                await self._cycle()
+            except _Gone:
+                log.info("node watch: resourceVersion expired (410); relisting")
+                self._resource_version = None
+                self._gone_streak += 1
+                if self._gone_streak > 1:  # 410 right after a relist: do not spin
+                    await self._pause(self._delay(self._gone_streak - 1))
+                continue
+            except _TRANSIENT as e:
+                self.failures += 1
+                self.consecutive_failures += 1
+                self.last_error = _why(e)
+                delay = self._delay(self.consecutive_failures)
+                log.warning("node watch failed (%s); retrying in %.1fs", self.last_error, delay)
+                if isinstance(e, ApiException) and e.status == 410:
+                    self._resource_version = None
+                    self._gone_streak += 1
+                    if self._gone_streak <= 1:
+                        continue
+                await self._pause(delay)
+                continue
+            self.consecutive_failures = 0
+            self._gone_streak = 0
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if :meth:`stop` is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _delay(self, failures: int) -> float:
+        base = min(self._backoff_max, self._backoff_initial * 2 ** min(failures - 1, 30))
+        return base * (0.5 + self._jitter() / 2)
+
+    async def _cycle(self) -> None:
+        if self._resource_version is None:
+            rv, entries = await asyncio.to_thread(self._list)
+            self._state.index.replace_all(entries)
+            self._resource_version = rv
+            self.lists += 1
+            self._state.mark_synced()
+            self.consecutive_failures = 0
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._watch, lambda ev: loop.call_soon_threadsafe(self._apply, ev))
+        # The server ended the watch cleanly (timeoutSeconds): the API is there.
+        self._state.mark_synced()
+
+    def _list(self) -> tuple[str, list[Entry]]:
+        """GET /api/v1/nodes as raw JSON (worker thread)."""
+        resp = self._core.list_node(
+            _preload_content=False, _request_timeout=(self._request_timeout, self._request_timeout))
+        doc = json.loads(resp.data)
+        rv = str(((doc.get("metadata") or {}).get("resourceVersion")) or "")
+        entries = [e for e in map(_entry, _items(doc)) if e is not None]
+        return rv, entries
+
+    def _watch(self, deliver: Callable[[tuple[str, Any, str | None]], object]) -> None:
+        """One watch request from the current resourceVersion (worker thread).
+
+        Events are parsed here and applied on the loop's thread through ``deliver``.
+        Returns when the server ends the stream; raises on errors, :class:`_Gone` on 410.
+        """
+        resp = self._core.list_node(
+            watch=True,
+            resource_version=self._resource_version or None,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._timeout_seconds,
+            _preload_content=False,
+            _request_timeout=(self._request_timeout, self._timeout_seconds + 5),
+        )
+        with self._lock:
+            self._response = resp
+        try:
+            if self._stop.is_set():  # stop() came before the response could be shut down
+                return
+            deliver(("connected", None, None))
+            for line in _lines(resp):
+                if self._stop.is_set():
+                    return
+                event = json.loads(line)
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if kind == "ERROR":
+                    code = obj.get("code")
+                    if code == 410:
+                        raise _Gone()
+                    raise ApiException(status=code or 500, reason=_trim(obj.get("message") or "watch ERROR"))
+                if kind in ("ADDED", "MODIFIED"):
+                    deliver(("set", _entry(obj), rv))
+                elif kind == "DELETED":
+                    deliver(("remove", node_name(obj), rv))
+                elif kind == "BOOKMARK":
+                    deliver(("bookmark", None, rv))
+        except (urllib3.exceptions.HTTPError, OSError):
+            if self._stop.is_set():
+                return
+            raise
+        finally:
+            with self._lock:
+                self._response = None
+            # Never hand a half-read stream back to the pool: close, then release.
+            resp.close()
+            resp.release_conn()
+
+    def _apply(self, event: tuple[str, Any, str | None]) -> None:
+        """Apply one parsed watch event to the index (event loop thread)."""
+        what, payload, rv = event
+        if what == "connected":  # the API answered: backoff starts over at the next failure
+            self.consecutive_failures = 0
+            return
+        self._gone_streak = 0
+        if what == "set" and payload is not None:
+            self._state.index.set(*payload)
+        elif what == "remove" and payload:
+            self._state.index.remove(payload)
+        if rv:
+            self._resource_version = str(rv)
+        self._state.mark_synced()

@@ -1,0 +1,485 @@
+"""Where the cluster-cidr comes from: pure parsers of every source, and their reconciliation.
+
+Nothing here does I/O: :mod:`webhook.cluster` fetches the objects and hands the
+dicts in. Each parser keeps the *origin* of what it found, so that a
+disagreement can name both sides. A value that does not parse becomes a
+:class:`CidrSource` with ``error`` set (and so a note), never an exception.
+
+Sources, in the order in which they win (:data:`ORDER`):
+
+1. ``--cluster-cidr`` flag / ``FLANNEL_GUARD_CLUSTER_CIDR`` (an explicit override);
+2. the kube-controller-manager pod's flags (kube-system, label
+   ``component=kube-controller-manager``, a static pod written by kubeadm
+   ``cmd/kubeadm/app/phases/controlplane/manifests.go``): ``--cluster-cidr``,
+   ``--allocate-node-cidrs``, ``--node-cidr-mask-size[-ipv4|-ipv6]``,
+   ``--service-cluster-ip-range`` (``cmd/kube-controller-manager/app/options``);
+3. the ``kubeadm-config`` ConfigMap, key ``ClusterConfiguration``: YAML of
+   ``kubeadm.k8s.io/v1beta2|v1beta3|v1beta4`` ``ClusterConfiguration``, whose
+   ``networking`` (``podSubnet``, ``serviceSubnet``, ``dnsDomain``) is the same in
+   all three (``cmd/kubeadm/app/apis/kubeadm/v1beta*/types.go``; v1beta4 changed
+   ``extraArgs`` to a list of name/value, not ``networking``);
+4. the ``kube-proxy`` ConfigMap, key ``config.conf``: YAML of
+   ``kubeproxy.config.k8s.io/v1alpha1`` ``KubeProxyConfiguration``, ``clusterCIDR``
+   (optional: kubeadm writes ``""`` when it has no podSubnet).
+
+Every value may be dual-stack, ``"a,b"`` (one CIDR per family), as
+kube-controller-manager reads it (:func:`webhook.cidr.parse_cidr_list`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from webhook.cidr import CidrError, IPNetwork, parse_cidr_list
+
+__all__ = [
+    "KUBEADM_API_VERSIONS",
+    "ORDER",
+    "CidrSource",
+    "ControllerManagerFacts",
+    "Resolution",
+    "SourceKind",
+    "flag_source",
+    "from_controller_manager_pod",
+    "from_kube_proxy",
+    "from_kubeadm_config",
+    "node_mask_sizes",
+    "resolve",
+]
+
+#: The kubeadm API versions whose ClusterConfiguration we have read the types of.
+KUBEADM_API_VERSIONS = ("kubeadm.k8s.io/v1beta2", "kubeadm.k8s.io/v1beta3", "kubeadm.k8s.io/v1beta4")
+
+#: Longest note text; notes end up in AdmissionResponse warnings, which kubectl prints.
+_NOTE_LIMIT = 199
+#: kube-controller-manager defaults (cmd/kube-controller-manager/app/core.go).
+_DEFAULT_MASK_V4 = 24
+_DEFAULT_MASK_V6 = 64
+
+
+class SourceKind(enum.IntEnum):
+    """Which kind of source a value came from; the lower wins (:data:`ORDER`)."""
+
+    FLAG = 0
+    CONTROLLER_MANAGER = 1
+    KUBEADM = 2
+    KUBE_PROXY = 3
+
+
+ORDER = tuple(SourceKind)
+
+
+@dataclass(frozen=True)
+class CidrSource:
+    """One answer to "what is the cluster-cidr (or the service range)?", with where it came from.
+
+    ``networks`` is empty when the source exists but holds no value (``raw == ""``)
+    or a value that does not parse (``error`` says why).
+    """
+
+    origin: str
+    networks: tuple[IPNetwork, ...]
+    raw: str
+    kind: SourceKind = SourceKind.FLAG
+    error: str | None = None
+
+    def describe(self) -> str:
+        """The value as a person writes it: ``10.244.0.0/16,fd00::/56``, or the raw text."""
+        if self.networks:
+            return ",".join(str(n) for n in self.networks)
+        return repr(_clip(self.raw, 60)) if self.raw else "unset"
+
+
+@dataclass(frozen=True)
+class ControllerManagerFacts:
+    """What one kube-controller-manager pod's flags say (None: the flag is absent)."""
+
+    pod: str
+    cluster_cidr: CidrSource
+    allocate_node_cidrs: bool | None = None
+    node_cidr_mask_size: int | None = None
+    node_cidr_mask_size_ipv4: int | None = None
+    node_cidr_mask_size_ipv6: int | None = None
+    service_cluster_ip_range: CidrSource | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The cluster-cidr that wins, every source seen, and the notes a person must read."""
+
+    effective: CidrSource | None
+    sources: tuple[CidrSource, ...] = ()
+    service: CidrSource | None = None
+    allocate_node_cidrs: bool | None = None
+    mask_v4: int = _DEFAULT_MASK_V4
+    mask_v6: int = _DEFAULT_MASK_V6
+    notes: tuple[str, ...] = ()
+    # Sources that could not be read (absent, forbidden, unreachable): for logs and doctor,
+    # not for every admission response.
+    absent: tuple[str, ...] = ()
+
+    @property
+    def networks(self) -> tuple[IPNetwork, ...] | None:
+        """The effective cluster-cidr, None when no source answered."""
+        return self.effective.networks if self.effective else None
+
+    @property
+    def agree(self) -> bool:
+        """True when every source that holds a value holds the same one."""
+        return len({s.networks for s in self.sources if s.networks}) <= 1
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _note(text: str) -> str:
+    return _clip(" ".join(text.split()), _NOTE_LIMIT)
+
+
+def _mid(text: str, limit: int) -> str:
+    """Shorten from the middle: the head (what) and the tail (which flag or key) both matter."""
+    if len(text) <= limit:
+        return text
+    head = max(1, (limit - 1) // 2)
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
+
+
+def _fit(build: Callable[..., str], *origins: str) -> str:
+    """``build(*origins)``, with the origins shortened from the middle until the note fits."""
+    text = build(*origins)
+    if len(text) <= _NOTE_LIMIT or not origins:
+        return _note(text)
+    room = _NOTE_LIMIT - len(build(*("" for _ in origins)))
+    each = max(12, room // len(origins))
+    return _note(build(*(_mid(o, each) for o in origins)))
+
+
+def _source(origin: str, raw: object, kind: SourceKind) -> CidrSource:
+    """Parse ``raw`` as a (dual-stack) CIDR list; an unparsable value keeps its reason."""
+    if raw is None or raw == "":
+        return CidrSource(origin=origin, networks=(), raw="", kind=kind)
+    if not isinstance(raw, str):
+        return CidrSource(origin=origin, networks=(), raw=str(raw)[:200], kind=kind,
+                          error=f"expected a string, found {type(raw).__name__}")
+    try:
+        networks = parse_cidr_list(raw)
+    except CidrError as e:
+        return CidrSource(origin=origin, networks=(), raw=raw[:200], kind=kind, error=str(e))
+    return CidrSource(origin=origin, networks=networks, raw=raw, kind=kind)
+
+
+def flag_source(raw: str, origin: str = "--cluster-cidr flag") -> CidrSource:
+    """The operator's explicit ``--cluster-cidr`` (or ``FLANNEL_GUARD_CLUSTER_CIDR``)."""
+    return _source(origin, raw, SourceKind.FLAG)
+
+
+# --- kube-controller-manager -------------------------------------------------------------
+
+_BOOL_FLAGS = frozenset({"allocate-node-cidrs"})
+_WANTED = frozenset({
+    "cluster-cidr", "allocate-node-cidrs", "node-cidr-mask-size", "node-cidr-mask-size-ipv4",
+    "node-cidr-mask-size-ipv6", "service-cluster-ip-range",
+})
+# Go strconv.ParseBool, which pflag's bool flags use.
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+_INT_RE = re.compile(r"^[+-]?[0-9]{1,4}$")
+
+
+def _argv(pod: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(pod name, command + args of the kube-controller-manager container).
+
+    The container is the one named, or whose command starts with,
+    ``kube-controller-manager``; failing that, every container's argv in turn.
+    """
+    meta = pod.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = f"{meta.get('namespace') or 'kube-system'}/{meta.get('name') or '?'}"
+    spec = pod.get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    argvs: list[tuple[bool, list[str]]] = []
+    for c in containers if isinstance(containers, list) else []:
+        if not isinstance(c, Mapping):
+            continue
+        argv = [a for key in ("command", "args") for a in (c.get(key) or []) if isinstance(a, str)]
+        is_kcm = c.get("name") == "kube-controller-manager" or bool(
+            argv and argv[0].rsplit("/", 1)[-1] == "kube-controller-manager")
+        argvs.append((is_kcm, argv))
+    chosen = [argv for is_kcm, argv in argvs if is_kcm] or [argv for _, argv in argvs]
+    return name, [a for argv in chosen for a in argv]
+
+
+def _scan_flags(argv: Sequence[str]) -> dict[str, str]:
+    """pflag's reading of long flags: ``--f=v``, ``--f v`` (not for bools), bare ``--bool``.
+
+    The last occurrence wins, as pflag sets a flag again for every occurrence.
+    """
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if name not in _WANTED:
+            continue
+        if eq:
+            found[name] = value
+        elif name in _BOOL_FLAGS:
+            found[name] = "true"
+        elif i < len(argv):
+            found[name] = argv[i]
+            i += 1
+        else:
+            found[name] = ""
+    return found
+
+
+def from_controller_manager_pod(pod: Mapping[str, Any]) -> ControllerManagerFacts:
+    """Read a kube-controller-manager pod's ``spec.containers[*].command`` + ``args``.
+
+    kubeadm's static pod (``/etc/kubernetes/manifests/kube-controller-manager.yaml``)
+    puts every flag in ``command`` as ``--flag=value``; other installers use
+    ``args`` and the ``--flag value`` form. Without ``--cluster-cidr`` the result's
+    ``cluster_cidr`` has no networks (the controller-manager then allocates nothing).
+    """
+    pod_name, argv = _argv(pod)
+    flags = _scan_flags(argv)
+    where = f"kube-controller-manager pod {_clip(pod_name, 80)}"
+    notes: list[str] = []
+
+    allocate: bool | None = None
+    if "allocate-node-cidrs" in flags:
+        raw = flags["allocate-node-cidrs"]
+        if raw in _GO_TRUE:
+            allocate = True
+        elif raw in _GO_FALSE:
+            allocate = False
+        else:
+            notes.append(_note(f"{where}: --allocate-node-cidrs={_clip(raw, 20)!r} is not a boolean"))
+
+    masks: dict[str, int | None] = {}
+    for flag in ("node-cidr-mask-size", "node-cidr-mask-size-ipv4", "node-cidr-mask-size-ipv6"):
+        raw = flags.get(flag)
+        masks[flag] = None
+        if raw is None:
+            continue
+        if _INT_RE.match(raw) and 0 <= int(raw) <= 128:
+            masks[flag] = int(raw)
+        else:
+            notes.append(_note(f"{where}: --{flag}={_clip(raw, 20)!r} is not a mask size"))
+
+    cidr = _source(f"{where} --cluster-cidr", flags.get("cluster-cidr"), SourceKind.CONTROLLER_MANAGER)
+    service = None
+    if "service-cluster-ip-range" in flags:
+        service = _source(f"{where} --service-cluster-ip-range", flags["service-cluster-ip-range"],
+                          SourceKind.CONTROLLER_MANAGER)
+    return ControllerManagerFacts(
+        pod=pod_name,
+        cluster_cidr=cidr,
+        allocate_node_cidrs=allocate,
+        node_cidr_mask_size=masks["node-cidr-mask-size"],
+        node_cidr_mask_size_ipv4=masks["node-cidr-mask-size-ipv4"],
+        node_cidr_mask_size_ipv6=masks["node-cidr-mask-size-ipv6"],
+        service_cluster_ip_range=service,
+        notes=tuple(notes),
+    )
+
+
+def node_mask_sizes(
+    facts: ControllerManagerFacts | None, cluster_cidr: Sequence[IPNetwork] | None
+) -> tuple[int, int, tuple[str, ...]]:
+    """(IPv4 mask, IPv6 mask, notes) as kube-controller-manager derives them.
+
+    ``cmd/kube-controller-manager/app/core.go`` ``setNodeCIDRMaskSizes``: defaults
+    24 / 64; dual-stack refuses ``--node-cidr-mask-size`` and reads the per-family
+    flags; single-stack lets ``--node-cidr-mask-size`` win for both and refuses it
+    together with a per-family flag.
+    """
+    v4, v6 = _DEFAULT_MASK_V4, _DEFAULT_MASK_V6
+    if facts is None:
+        return v4, v6, ()
+    both, m4, m6 = facts.node_cidr_mask_size, facts.node_cidr_mask_size_ipv4, facts.node_cidr_mask_size_ipv6
+    who = f"kube-controller-manager pod {_clip(facts.pod, 80)}"
+    notes: list[str] = []
+    dual = cluster_cidr is not None and len(cluster_cidr) > 1
+    if dual and both is not None:
+        notes.append(_note(f"{who}: --node-cidr-mask-size is not allowed with a dual-stack"
+                           " cluster-cidr; kube-controller-manager refuses to start"))
+    elif both is not None:
+        if m4 is not None or m6 is not None:
+            notes.append(_note(f"{who}: --node-cidr-mask-size with --node-cidr-mask-size-ipv4/-ipv6;"
+                               " kube-controller-manager refuses to start"))
+        return both, both, tuple(notes)
+    if m4 is not None:
+        v4 = m4
+    if m6 is not None:
+        v6 = m6
+    return v4, v6, tuple(notes)
+
+
+# --- kubeadm-config ------------------------------------------------------------------------
+
+
+def _data(configmap: Mapping[str, Any], key: str) -> str | None:
+    data = configmap.get("data")
+    value = data.get(key) if isinstance(data, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _yaml_doc(text: str) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The first YAML mapping in ``text``, or an error."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        return None, f"not YAML: {_clip(str(e).splitlines()[0] if str(e) else type(e).__name__, 80)}"
+    if not isinstance(doc, Mapping):
+        return None, f"not a YAML mapping but {type(doc).__name__}"
+    return doc, None
+
+
+def from_kubeadm_config(configmap: Mapping[str, Any]) -> tuple[CidrSource | None, CidrSource | None]:
+    """(podSubnet, serviceSubnet) from kube-system/kubeadm-config's ``ClusterConfiguration``.
+
+    kubeadm (``cmd/kubeadm/app/phases/uploadconfig``) stores the ClusterConfiguration
+    as YAML under the data key ``ClusterConfiguration``; ``networking.podSubnet`` is
+    what ``kubeadm init --pod-network-cidr`` set, absent when it was not given (the
+    controller-manager then gets no ``--cluster-cidr`` / ``--allocate-node-cidrs``).
+    Returns (None, None) when the key is missing; a podSubnet source without
+    networks when the value is unset or does not parse (``error`` says which).
+    """
+    origin = "kubeadm-config ClusterConfiguration.networking"
+    text = _data(configmap, "ClusterConfiguration")
+    if text is None:
+        return None, None
+    doc, error = _yaml_doc(text)
+    if doc is None:
+        return CidrSource(f"{origin}.podSubnet", (), text[:200], SourceKind.KUBEADM, error), None
+    api_version = doc.get("apiVersion")
+    if api_version not in KUBEADM_API_VERSIONS:
+        error = f"apiVersion {_clip(str(api_version), 40)!r} is not one of v1beta2/3/4"
+    networking = doc.get("networking")
+    networking = networking if isinstance(networking, Mapping) else {}
+    pod = _source(f"{origin}.podSubnet", networking.get("podSubnet"), SourceKind.KUBEADM)
+    if error and not pod.networks:
+        pod = CidrSource(pod.origin, (), pod.raw, SourceKind.KUBEADM, pod.error or error)
+    service = None
+    if networking.get("serviceSubnet") not in (None, ""):
+        service = _source(f"{origin}.serviceSubnet", networking.get("serviceSubnet"), SourceKind.KUBEADM)
+    return pod, service
+
+
+# --- kube-proxy ------------------------------------------------------------------------------
+
+
+def from_kube_proxy(configmap: Mapping[str, Any]) -> CidrSource | None:
+    """``clusterCIDR`` from kube-system/kube-proxy's ``config.conf`` (KubeProxyConfiguration YAML).
+
+    ``pkg/proxy/apis/config/v1alpha1``: ``clusterCIDR`` is optional (kube-proxy uses
+    it to tell pod traffic apart); kubeadm writes it from podSubnet, ``""`` when
+    unset. None when the key is missing or the value is empty: it then says nothing.
+    """
+    origin = "kube-proxy config.conf clusterCIDR"
+    text = _data(configmap, "config.conf")
+    if text is None:
+        return None
+    doc, error = _yaml_doc(text)
+    if doc is None:
+        return CidrSource(origin, (), text[:200], SourceKind.KUBE_PROXY, error)
+    raw = doc.get("clusterCIDR")
+    if raw is None or raw == "":
+        return None
+    return _source(origin, raw, SourceKind.KUBE_PROXY)
+
+
+# --- reconciliation -------------------------------------------------------------------------
+
+
+def _overlap(a: Iterable[IPNetwork], b: Iterable[IPNetwork]) -> tuple[IPNetwork, IPNetwork] | None:
+    for x in a:
+        for y in b:
+            if x.version == y.version and x.overlaps(y):  # type: ignore[arg-type]
+                return x, y
+    return None
+
+
+def resolve(
+    sources: Sequence[CidrSource],
+    *,
+    services: Sequence[CidrSource] = (),
+    controller_managers: Sequence[ControllerManagerFacts] = (),
+    notes: Sequence[str] = (),
+) -> Resolution:
+    """Pick the effective cluster-cidr and say every way the sources disagree.
+
+    The effective source is the first with a value in :data:`ORDER` (ties keep
+    the given order). Notes, in this order: the ``notes`` passed in; unparsable
+    values; one per source whose value differs from the effective one, naming
+    both; a controller-manager or kubeadm source left unset while another has a
+    value (the seed's root cause: ``kubeadm init`` without ``--pod-network-cidr``);
+    a controller-manager that does not allocate node CIDRs; mask-size conflicts;
+    the pod range overlapping the service range; no source at all.
+    """
+    ordered = sorted(sources, key=lambda s: s.kind)
+    out: list[str] = [_note(n) for n in notes]
+    for s in (*ordered, *services):
+        if s.error:
+            value, error = s.describe(), s.error
+            out.append(_fit(lambda o, v=value, e=error: f"{o}: {v} does not parse: {e}", s.origin))
+    with_value = [s for s in ordered if s.networks]
+    effective = with_value[0] if with_value else None
+    facts = controller_managers[0] if controller_managers else None
+    if effective is not None:
+        eff = effective.describe()
+        for s in with_value[1:]:
+            if s.networks != effective.networks:
+                value = s.describe()
+                out.append(_fit(lambda a, b, v=value: f"cluster-cidr disagreement: {v} ({a}) vs {eff} ({b});"
+                                " using the latter", s.origin, effective.origin))
+        for s in ordered:
+            if s.networks or s.error:
+                continue
+            if s.kind is SourceKind.KUBEADM:
+                out.append(_fit(lambda b: "kubeadm-config has no podSubnet (kubeadm init without"
+                                f" --pod-network-cidr) but the cluster-cidr is {eff} ({b})",
+                                effective.origin))
+            elif s.kind is SourceKind.CONTROLLER_MANAGER:
+                out.append(_fit(lambda a, b: f"{a} is unset but the cluster-cidr is {eff} ({b}):"
+                                " nodes get no podCIDR", s.origin, effective.origin))
+    else:
+        out.append("no cluster-cidr source answered (--cluster-cidr flag, kube-controller-manager pod,"
+                   " kubeadm-config, kube-proxy): the ConfigMap rule cannot compare")
+    for f in controller_managers:
+        out.extend(f.notes)
+        if f.allocate_node_cidrs is not True and f.cluster_cidr.networks:
+            out.append(_note(f"kube-controller-manager pod {_clip(f.pod, 70)} runs without"
+                             " --allocate-node-cidrs=true: nodes get no podCIDR from it"))
+    mask_v4, mask_v6, mask_notes = node_mask_sizes(facts, effective.networks if effective else None)
+    out.extend(mask_notes)
+    service = next((s for s in sorted(services, key=lambda s: s.kind) if s.networks), None)
+    if effective is not None and service is not None:
+        hit = _overlap(effective.networks, service.networks)
+        if hit:
+            pods, svc = hit
+            out.append(_fit(lambda a, b: f"pod range {pods} ({a}) overlaps service range {svc} ({b})",
+                            effective.origin, service.origin))
+    return Resolution(
+        effective=effective,
+        sources=tuple(ordered),
+        service=service,
+        allocate_node_cidrs=facts.allocate_node_cidrs if facts else None,
+        mask_v4=mask_v4,
+        mask_v6=mask_v6,
+        notes=tuple(dict.fromkeys(out)),
+    )
