@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,6 +245,13 @@ class FakeKubeApi:
 
     gone_as_http: bool = False  # 410 as an HTTP status instead of an ERROR event in the stream
     requests: list[Seen] = field(default_factory=list)
+    keep_requests: bool = True  # long runs turn this off (kmock keeps every request and slows down)
+    # Lease writes (create/delete) that fail: before anything is stored (HTTP 500), or after the
+    # object is stored but before the answer (the connection drops: the client cannot know).
+    lease_fail_before: float = 0.0
+    lease_fail_after: float = 0.0
+    leases: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
@@ -277,6 +285,11 @@ class FakeKubeApi:
         app.router.add_get("/api/v1/nodes", self._nodes)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_post(leases, self._lease_create)
+        app.router.add_get(leases, self._lease_list)
+        app.router.add_get(leases + "/{name}", self._lease_get)
+        app.router.add_delete(leases + "/{name}", self._lease_delete)
         self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None,
                                              shutdown_timeout=0.2)
         await self._runner.setup()
@@ -355,7 +368,68 @@ class FakeKubeApi:
             self._cond.notify_all()
 
     def _seen(self, request: aiohttp.web.Request) -> None:
-        self.requests.append(Seen(request.method, request.path, dict(request.query)))
+        if self.keep_requests:
+            self.requests.append(Seen(request.method, request.path, dict(request.query)))
+
+    # -- coordination.k8s.io/v1 Leases: create is exclusive (409), as in the API server ------
+
+    def _fault(self, request: aiohttp.web.Request, when: str) -> aiohttp.web.StreamResponse | None:
+        chance = self.lease_fail_before if when == "before" else self.lease_fail_after
+        if chance and self.rng.random() < chance:
+            if when == "before":
+                return aiohttp.web.json_response(
+                    self._status(500, "InternalError", "injected failure"), status=500)
+            assert request.transport is not None
+            request.transport.abort()
+            return aiohttp.web.Response(status=500)
+        return None
+
+    async def _lease_create(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        if (failed := self._fault(request, "before")) is not None:
+            return failed
+        ns = request.match_info["ns"]
+        body = await request.json()
+        name = body["metadata"]["name"]
+        if (ns, name) in self.leases:
+            return aiohttp.web.json_response(
+                self._status(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already exists'),
+                status=409)
+        self._rv += 1
+        body["metadata"].update({"namespace": ns, "resourceVersion": str(self._rv),
+                                 "uid": f"uid-{self._rv}", "creationTimestamp": "2026-11-27T05:00:00Z"})
+        self.leases[(ns, name)] = body
+        if (failed := self._fault(request, "after")) is not None:
+            return failed
+        return aiohttp.web.json_response(body, status=201)
+
+    async def _lease_list(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        ns = request.match_info["ns"]
+        selector = request.query.get("labelSelector", "")
+        wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        items = [copy.deepcopy(obj) for (n, _), obj in self.leases.items() if n == ns
+                 and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+        return aiohttp.web.json_response({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
+                                          "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    async def _lease_get(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.leases:
+            return aiohttp.web.json_response(
+                self._status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'), status=404)
+        return aiohttp.web.json_response(self.leases[key])
+
+    async def _lease_delete(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        if (failed := self._fault(request, "before")) is not None:
+            return failed
+        key = (request.match_info["ns"], request.match_info["name"])
+        if self.leases.pop(key, None) is None:
+            return aiohttp.web.json_response(
+                self._status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'), status=404)
+        return aiohttp.web.json_response(self._status(200, "", "deleted") | {"status": "Success"})
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> dict[str, Any]:

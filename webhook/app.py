@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from webhook.admission import AdmissionRequest, BadReview, finish, parse_review
 from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.cluster import staleness_note
 from webhook.constants import (
     ROUTE_HEALTHZ,
     ROUTE_METRICS,
@@ -110,10 +111,18 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     app = FastAPI(title="flannel-guard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     app.state.cluster = state
+    # Set later by the server when the cluster-cidr becomes known (mutating mode).
+    app.state.allocator = allocator
+
+    def notes(view_notes: tuple[str, ...]) -> tuple[str, ...]:
+        if not state.ready:
+            return (*view_notes, "node index not loaded yet: overlaps with existing nodes not checked")
+        stale = staleness_note(state, time.monotonic())
+        return (*view_notes, stale) if stale else view_notes
 
     async def validate(req: ReviewInput) -> Verdict:
         view = state.view()
-        verdict = decide(review(req, view, settings.rules), settings.mode, view.notes)
+        verdict = decide(review(req, view, settings.rules), settings.mode, notes(view.notes))
         if settings.standalone and verdict.allowed and not req.dry_run and req.kind == "Node":
             # Standalone: the index holds what this process admitted.
             if req.operation == "DELETE":
@@ -123,8 +132,12 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
         return verdict
 
     async def mutate(req: ReviewInput) -> Verdict:
-        if req.kind == "Node" and allocator is not None:
-            return await mutate_node(req, allocator, settings)
+        if req.kind == "Node" and app.state.allocator is not None:
+            if not state.ready:
+                # Without the node index a free CIDR cannot be told from a used one.
+                return Verdict(allowed=True, warnings=(
+                    "flannel-guard: not ready (node index not loaded); no podCIDR assigned",))
+            return await mutate_node(req, app.state.allocator, settings)
         if (req.kind == "ConfigMap" and settings.fix_network and req.operation in ("CREATE", "UPDATE")
                 and is_flannel_configmap(req.object, settings.rules, req.namespace)):
             fix = fix_network(req.object, state.view())

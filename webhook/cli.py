@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from webhook import __version__
+from webhook import __version__, doctor
 from webhook.cidr import CidrError, parse_cidr_list
 from webhook.constants import NAMESPACE, SERVICE
 from webhook.rules import Mode, NetworkMatch, RuleSettings, Severity
@@ -70,6 +70,10 @@ def env_default_pod_namespace() -> str:
         return NAMESPACE
 
 
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
 def _arch() -> str:
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
@@ -79,11 +83,12 @@ def _rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"),
                    help="the cluster's pod CIDR, or an IPv4,IPv6 pair (env FLANNEL_GUARD_CLUSTER_CIDR)")
     p.add_argument("--node-cidr-mask-size", "--node-cidr-mask-size-ipv4", dest="mask_v4", type=int,
-                   default=int(env_default("node_cidr_mask_size", "24") or 24),
-                   help="prefix length of each node's IPv4 podCIDR (default 24, as kube-controller-manager)")
+                   default=_int_or_none(env_default("node_cidr_mask_size")),
+                   help="prefix length of each node's IPv4 podCIDR (default: kube-controller-manager's"
+                        " flag when it can be read, else 24)")
     p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int,
-                   default=int(env_default("node_cidr_mask_size_ipv6", "64") or 64),
-                   help="prefix length of each node's IPv6 podCIDR (default 64)")
+                   default=_int_or_none(env_default("node_cidr_mask_size_ipv6")),
+                   help="prefix length of each node's IPv6 podCIDR (default: as for IPv4, else 64)")
     p.add_argument("--network-match", choices=[m.value for m in NetworkMatch],
                    default=env_default("network_match", "exact"),
                    help="flannel Network must equal the cluster-cidr (exact, default) or contain it")
@@ -166,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--ip", action="append", default=[], help="an extra IP SAN (repeatable)")
     certs.add_argument("--dev", action="store_true",
                        help="only if missing or expiring: add localhost and 127.0.0.1 (make run)")
+    doctor.add_parser(sub)
     return parser
 
 
@@ -189,7 +195,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     report = check_documents(
         objects, cluster_cidr=cidr, cidr_source="--cluster-cidr" if cidr else "nowhere",
-        mask_v4=args.mask_v4, mask_v6=args.mask_v6,
+        mask_v4=args.mask_v4 or 24, mask_v6=args.mask_v6 or 64,
         # Offline, an unknown cluster-cidr is a gap in the input, not a violation.
         settings=_rule_settings(args, Severity.WARNING),
     )
@@ -231,11 +237,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         reservation_grace=args.reservation_grace, fix_network=args.fix_network,
         namespace=args.namespace,
     )
-    if not standalone:
-        print("flannel-guard serve: live cluster mode (--in-cluster/--kubeconfig) is not built"
-              " yet; use --standalone", file=sys.stderr)
-        return EXIT_USAGE
-    source = "--cluster-cidr" if args.cluster_cidr else f"the built-in default {DEFAULT_CLUSTER_CIDR}"
+    if args.cluster_cidr:
+        source = "--cluster-cidr flag"
+    elif standalone:
+        source = f"the built-in default {DEFAULT_CLUSTER_CIDR}"
+    else:
+        source = "not discovered yet"
     asyncio.run(serve(settings, cidr_source=source))
     return EXIT_OK
 
@@ -246,4 +253,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_check(args)
     if args.command == "certs":
         return _cmd_certs(args)
+    if args.command == "doctor":
+        return doctor.run(args)
     return _cmd_serve(args)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
 import uvicorn
+from kubernetes.client import ApiClient
 
-from webhook.allocator import Allocator, MemoryStore
+from webhook.allocator import Allocator, MemoryStore, ReservationStore
 from webhook.app import create_app
 from webhook.certs import CertReloader, server_ssl_context
+from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover
+from webhook.leases import LeaseStore
 from webhook.settings import Settings
 from webhook.state import ClusterState
 
@@ -39,7 +43,7 @@ class _Server(uvicorn.Server):
 
 
 def build_server(settings: Settings, state: ClusterState,
-                 allocator: Allocator | None = None) -> tuple[uvicorn.Server, CertReloader]:
+                 allocator: Allocator | None = None) -> tuple[_Server, CertReloader]:
     """A uvicorn server over HTTPS with flannel-guard's own TLS context."""
     assert settings.tls_cert and settings.tls_key
     app = create_app(settings, state, allocator=allocator)
@@ -63,30 +67,91 @@ def build_server(settings: Settings, state: ClusterState,
     return _Server(config, state), CertReloader(context, settings.tls_cert, settings.tls_key)
 
 
+REDISCOVER_INTERVAL = 300.0
+
+
 async def serve(settings: Settings, *, cidr_source: str) -> None:
-    """Serve until SIGTERM/SIGINT; readiness goes false as shutdown begins."""
+    """Serve until SIGTERM/SIGINT; readiness goes false as shutdown begins.
+
+    Standalone: the cluster-cidr is the flag's, the index holds what this process
+    admitted, reservations live in memory. With an API: the cluster-cidr is
+    discovered (and rediscovered every 5 minutes), the index follows a watch of
+    Nodes, reservations are Leases in ``settings.namespace``.
+    """
     state = ClusterState(cluster_cidr=settings.cluster_cidr, cidr_source=cidr_source,
-                         mask_v4=settings.mask_v4, mask_v6=settings.mask_v6)
+                         mask_v4=settings.mask_v4 or 24, mask_v6=settings.mask_v6 or 64)
+    tasks: list[asyncio.Task[None]] = []
+    api = None
+    watcher = None
+    store: ReservationStore
     if settings.standalone:
         state.mark_synced()
-    allocator = None
-    tasks = []
-    if settings.allocate and settings.cluster_cidr:
-        allocator = Allocator(settings.cluster_cidr, index=state.index, store=MemoryStore(),
-                              mask_v4=settings.mask_v4, mask_v6=settings.mask_v6,
-                              grace=settings.reservation_grace)
-        tasks.append(asyncio.create_task(allocator.run_reclaimer(min(60.0, settings.reservation_grace))))
-    server, reloader = build_server(settings, state, allocator)
+        store = MemoryStore()
+    else:
+        api = api_client(settings.kubeconfig, settings.in_cluster)
+        await _discover(api, settings, state)
+        watcher = NodeWatcher(api, state)
+        tasks.append(asyncio.create_task(watcher.run()))
+        store = LeaseStore(api, settings.namespace, duration=int(settings.reservation_grace))
+    server, reloader = build_server(settings, state)
+    app = server.config.app
+
+    def ensure_allocator() -> None:
+        """Mutating mode needs a known cluster-cidr; start allocating once there is one."""
+        if settings.allocate and state.cluster_cidr and app.state.allocator is None:
+            allocator = Allocator(state.cluster_cidr, index=state.index, store=store,
+                                  mask_v4=state.mask_v4, mask_v6=state.mask_v6,
+                                  grace=settings.reservation_grace)
+            app.state.allocator = allocator
+            tasks.append(asyncio.create_task(
+                allocator.run_reclaimer(min(60.0, settings.reservation_grace))))
+
+    ensure_allocator()
     tasks.append(asyncio.create_task(reloader.run()))
+    if api is not None:
+        tasks.append(asyncio.create_task(_rediscover(api, settings, state, ensure_allocator)))
     log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
-             cidr_source=cidr_source)
+             cidr_source=state.cidr_source, allocate=app.state.allocator is not None)
     try:
         await server.serve()
     finally:
         state.ready = False
+        if watcher is not None:
+            watcher.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if api is not None:
+            api.close()
         log.info("stopped")
+
+
+async def _discover(api: ApiClient, settings: Settings, state: ClusterState) -> None:
+    resolution = await discover(api, settings.cluster_cidr)
+    apply_resolution(state, resolution)
+    # Mask flags given to flannel-guard win over what kube-controller-manager says.
+    if settings.mask_v4:
+        state.mask_v4 = settings.mask_v4
+    if settings.mask_v6:
+        state.mask_v6 = settings.mask_v6
+    log.info("cluster-cidr discovered", cluster_cidr=state.view().describe_cidr(),
+             source=state.cidr_source, agree=resolution.agree, notes=list(resolution.notes),
+             absent=list(resolution.absent), mask_v4=state.mask_v4, mask_v6=state.mask_v6)
+
+
+async def _rediscover(api: ApiClient, settings: Settings, state: ClusterState,
+                      on_change: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(REDISCOVER_INTERVAL)
+        try:
+            before = state.cluster_cidr
+            await _discover(api, settings, state)
+            if before and state.cluster_cidr != before:
+                log.warning("cluster-cidr changed; allocation keeps the range it started with until"
+                            " restart", before=[str(n) for n in before],
+                            after=[str(n) for n in state.cluster_cidr or ()])
+            on_change()
+        except Exception:
+            log.exception("rediscovery failed")

@@ -39,8 +39,9 @@ class Settings:
     kubeconfig: Path | None = None
     in_cluster: bool = False
     cluster_cidr: tuple[IPNetwork, ...] | None = None
-    mask_v4: int = 24
-    mask_v6: int = 64
+    # None: kube-controller-manager's flags when they can be read, else 24 / 64.
+    mask_v4: int | None = None
+    mask_v6: int | None = None
     rules: RuleSettings = field(default_factory=RuleSettings)
     max_body_bytes: int = MAX_BODY_BYTES
     log_level: str = "info"

@@ -1,0 +1,168 @@
+"""Two webhook server processes, one emulated API on loopback: never the same podCIDR twice.
+
+The API server may send any Node's admission to either replica; two nodes may join
+in the same millisecond. Each replica reserves a CIDR as a Lease before it answers,
+and the API's exclusive create decides between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import itertools
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import node, review
+from kube_emulator import FakeKubeApi
+
+from webhook import certs
+
+NS = "flannel-guard"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiThread:
+    """FakeKubeApi on its own event loop in a thread, so server processes can reach it."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.api = FakeKubeApi(keep_requests=False, **kwargs)  # type: ignore[arg-type]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.api.up(), self.loop).result(10)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            await self.api.down()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def kubeconfig(tmp: Path, url: str) -> Path:
+    path = tmp / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": url}}],
+        "users": [{"name": "emu", "user": {"token": "test"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+    }))
+    return path
+
+
+@contextlib.contextmanager
+def replicas(tmp: Path, api_url: str, *extra: str, count: int = 2) -> Iterator[list[str]]:
+    certs.write_bundle(certs.generate("flannel-guard", NS, days=1, extra_ips=["127.0.0.1"]), tmp)
+    cfg = kubeconfig(tmp, api_url)
+    procs, urls = [], []
+    env = {**os.environ, "POD_NAMESPACE": NS}
+    for i in range(count):
+        port = _free_port()
+        log = (tmp / f"replica-{i}.log").open("wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "webhook", "serve", "--kubeconfig", str(cfg), "--port", str(port),
+             "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"), *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=log))
+        urls.append(f"https://127.0.0.1:{port}")
+    ctx = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
+    try:
+        deadline = time.monotonic() + 60
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                assert proc.poll() is None, (tmp / "replica-0.log").read_text()[-2000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", verify=ctx, timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "replica not ready"
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def admit_all(urls: list[str], ca: Path, count: int) -> list[dict]:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(verify=ctx, timeout=30, limits=limits) as client:
+        async def one(i: int) -> dict:
+            body = review(node(f"worker-{i:04d}"), "CREATE")
+            r = await client.post(f"{urls[i % len(urls)]}/mutate", json=body)
+            assert r.status_code == 200
+            resp = r.json()["response"]
+            assert resp["uid"] == body["request"]["uid"]
+            return resp
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def cidrs_of(responses: list[dict]) -> list[ipaddress.IPv4Network]:
+    out = []
+    for resp in responses:
+        if resp["allowed"] and "patch" in resp:
+            ops = json.loads(base64.b64decode(resp["patch"]))
+            out.append(ipaddress.ip_network(next(o["value"] for o in ops if o["path"] == "/spec/podCIDR")))
+    return out
+
+
+@pytest.fixture
+def api() -> Iterator[ApiThread]:
+    server = ApiThread()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_500_concurrent_nodes_on_two_replicas_get_500_distinct_cidrs(tmp_path: Path, api: ApiThread):
+    with replicas(tmp_path, api.api.url, "--cluster-cidr", "10.244.0.0/14") as urls:
+        responses = asyncio.run(admit_all(urls, tmp_path / "ca.crt", 500))
+    got = cidrs_of(responses)
+    assert len(got) == 500 and len(set(got)) == 500
+    assert all(c.prefixlen == 24 and c.subnet_of(ipaddress.ip_network("10.244.0.0/14")) for c in got)
+    ordered = sorted(got)
+    assert all(not a.overlaps(b) for a, b in itertools.pairwise(ordered))
+    assert len(api.api.leases) == 500
+    holders = {lease["spec"]["holderIdentity"] for lease in api.api.leases.values()}
+    assert holders == {f"worker-{i:04d}" for i in range(500)}
+
+
+def test_a_range_smaller_than_the_nodes_refuses_the_rest_and_doubles_none(tmp_path: Path, api: ApiThread):
+    # 10.244.0.0/24 with a /28 node mask holds 16 node CIDRs.
+    with replicas(tmp_path, api.api.url, "--cluster-cidr", "10.244.0.0/24",
+                  "--node-cidr-mask-size", "28") as urls:
+        responses = asyncio.run(admit_all(urls, tmp_path / "ca.crt", 500))
+    got = cidrs_of(responses)
+    refused = [r for r in responses if not r["allowed"]]
+    assert len(got) == 16 and len(set(got)) == 16
+    assert len(refused) == 484
+    assert all("holds 16 node CIDR(s) of /28" in r["status"]["message"] for r in refused)
+    assert len(api.api.leases) == 16
