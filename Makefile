@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench clean
+.PHONY: all venv run test lint certs bench soak clean
 
 all: test
 
@@ -42,3 +42,10 @@ clean:
 	rm -rf $(VENV) tools build *.egg-info .pytest_cache .ruff_cache .hypothesis
 
 include tools.mk
+
+# Benchmarks and the soak run are measured, not asserted: not part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
