@@ -115,3 +115,27 @@ def test_custom_mask_size():
 
 def test_delete_is_never_refused():
     assert review_node("DELETE", None, node("w", "10.244.1.0/24"), make_view(nodes=NODES)) == []
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    # field report #12 (flannel#712, #1978): flannel's public-ip annotations must be IPs.
+    ("flannel.alpha.coreos.com/public-ip-overwrite", "192.168.1.10", []),
+    ("flannel.alpha.coreos.com/public-ip-overwrite", "eth0", ["InvalidPublicIP"]),
+    ("flannel.alpha.coreos.com/public-ip-overwrite", "fd00::1", ["InvalidPublicIP"]),
+    ("flannel.alpha.coreos.com/public-ipv6-overwrite", "fd00::1", []),
+    ("flannel.alpha.coreos.com/public-ipv6-overwrite", "10.0.0.1", ["InvalidPublicIP"]),
+    ("flannel.alpha.coreos.com/node-public-ip", "10.0.0.1 ", ["InvalidPublicIP"]),
+    ("example.com/other", "whatever", []),
+])
+def test_flannel_public_ip_annotations(key, value, expected):
+    obj = node("w", "10.244.3.0/24")
+    obj["metadata"]["annotations"] = {key: value}
+    assert errs(review_node("CREATE", obj, None, make_view())) == expected
+
+
+def test_an_unchanged_bad_annotation_does_not_block_other_updates():
+    old = node("w", "10.244.3.0/24")
+    old["metadata"]["annotations"] = {"flannel.alpha.coreos.com/public-ip-overwrite": "eth0"}
+    new = node("w", "10.244.3.0/24")
+    new["metadata"]["annotations"] = dict(old["metadata"]["annotations"])
+    assert errs(review_node("UPDATE", new, old, make_view())) == []

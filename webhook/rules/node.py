@@ -21,6 +21,7 @@ so that an operator is not locked out of fixing a node; it gets a warning.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -78,6 +79,54 @@ def review_node(
     if operation not in ("CREATE", "UPDATE"):
         return []
     name = node_name(obj) or "NODE"
+    return _review_annotations(name, obj, old) + _review_cidrs(operation, name, obj, old, view)
+
+
+# flannel pkg/subnet/kube/annotations.go (default prefix flannel.alpha.coreos.com/): the
+# addresses flannel reads back with ip.ParseIP4 / ParseIP6 (kube.go), and the overrides users set.
+FLANNEL_IP_ANNOTATIONS = {
+    "flannel.alpha.coreos.com/public-ip": 4,
+    "flannel.alpha.coreos.com/public-ip-overwrite": 4,
+    "flannel.alpha.coreos.com/node-public-ip": 4,
+    "flannel.alpha.coreos.com/public-ipv6": 6,
+    "flannel.alpha.coreos.com/public-ipv6-overwrite": 6,
+    "flannel.alpha.coreos.com/node-public-ipv6": 6,
+}
+
+
+def _annotations(obj: dict[str, Any] | None) -> dict[str, Any]:
+    meta = (obj or {}).get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, dict) else None
+    return ann if isinstance(ann, dict) else {}
+
+
+def _review_annotations(name: str, obj: dict[str, Any] | None,
+                        old: dict[str, Any] | None) -> list[Finding]:
+    """flannel's public-ip annotations must be IP addresses of their family (field report #12)."""
+    new, before = _annotations(obj), _annotations(old)
+    out = []
+    for key, version in FLANNEL_IP_ANNOTATIONS.items():
+        value = new.get(key)
+        if value is None or value == before.get(key) or value == "":
+            continue
+        try:
+            ok = ipaddress.ip_address(value).version == version if isinstance(value, str) else False
+        except ValueError:
+            ok = False
+        if not ok:
+            out.append(Finding(
+                Severity.ERROR, "InvalidPublicIP",
+                f"node {name}: annotation {key} is {str(value)[:60]!r}, not an IPv{version} address.",
+                "flannel fails on this node with 'error looking up interface' or cannot parse its"
+                " public IP (flannel#712, #1978).",
+                f"`kubectl annotate node {name} --overwrite {key}=<the node's IPv{version} address>`,"
+                f" or remove it with `kubectl annotate node {name} {key}-`.",
+            ))
+    return out
+
+
+def _review_cidrs(operation: str, name: str, obj: dict[str, Any] | None, old: dict[str, Any] | None,
+                  view: ClusterView) -> list[Finding]:
     texts = pod_cidrs(obj)
     old_texts = pod_cidrs(old) if operation == "UPDATE" else []
     if operation == "UPDATE" and old_texts:
