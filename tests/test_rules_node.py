@@ -139,3 +139,16 @@ def test_an_unchanged_bad_annotation_does_not_block_other_updates():
     new = node("w", "10.244.3.0/24")
     new["metadata"]["annotations"] = dict(old["metadata"]["annotations"])
     assert errs(review_node("UPDATE", new, old, make_view())) == []
+
+
+def test_a_rejoined_node_with_another_cidr_is_warned_about_stale_routes():
+    # field report #11 (rancher/rke2#11170, flannel#1850).
+    from webhook.state import ClusterState
+
+    state = ClusterState(cluster_cidr=make_view().cluster_cidr, cidr_source="test")
+    state.record_node(node("w", "10.244.3.0/24"))
+    state.forget_node("w")
+    findings = review_node("CREATE", node("w", "10.244.7.0/24"), None, state.view())
+    assert [f.code for f in findings] == ["RejoinedWithNewCIDR"]
+    assert "10.244.3.0/24" in findings[0].summary
+    assert review_node("CREATE", node("w", "10.244.3.0/24"), None, state.view()) == []

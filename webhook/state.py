@@ -9,6 +9,7 @@ the same object current from a list and a watch.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from webhook.cidr import IPNetwork, NodeCidrIndex, parse_cidr
@@ -33,6 +34,21 @@ class ClusterState:
     # Monotonic time of the last confirmation from the API (None: never / standalone).
     last_sync: float | None = None
     _view: ClusterView | None = field(default=None, repr=False)
+    # Recently deleted nodes and the podCIDRs they had, newest last (bounded).
+    departed: OrderedDict[str, tuple[IPNetwork, ...]] = field(default_factory=OrderedDict, repr=False)
+
+    DEPARTED_MAX = 4096
+
+    def __post_init__(self) -> None:
+        self.index.subscribe(self._remember_departed)
+
+    def _remember_departed(self, node: str, removed: tuple[IPNetwork, ...],
+                           added: tuple[IPNetwork, ...]) -> None:
+        if removed and not added:
+            self.departed[node] = removed
+            self.departed.move_to_end(node)
+            while len(self.departed) > self.DEPARTED_MAX:
+                self.departed.popitem(last=False)
 
     def view(self) -> ClusterView:
         """The view the rules read. Built once per change of the cluster-cidr facts, not per request."""
@@ -45,6 +61,7 @@ class ClusterState:
                 mask_v6=self.mask_v6,
                 notes=self.notes,
                 disputed=self.disputed,
+                departed=self.departed,
             )
         return self._view
 

@@ -8,7 +8,8 @@ JSON) and plain data (the cluster-cidr, the node index), and does no I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from webhook.cidr import IPNetwork
@@ -102,6 +103,8 @@ class ClusterView:
     notes: tuple[str, ...] = ()
     # True when the cluster-cidr sources disagree (the effective one may be wrong).
     disputed: bool = False
+    # Nodes deleted recently, with the podCIDRs they had (a rejoin may get others).
+    departed: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
 
     def cidr_of_family(self, version: int) -> IPNetwork | None:
         for net in self.cluster_cidr or ():

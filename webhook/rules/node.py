@@ -148,7 +148,16 @@ def _review_cidrs(operation: str, name: str, obj: dict[str, Any] | None, old: di
         ]
     if not texts:
         return []
-    return _judge(name, texts, _spec(obj).get("podCIDR"), view)
+    found = _judge(name, texts, _spec(obj).get("podCIDR"), view)
+    before = view.departed.get(name)
+    if operation == "CREATE" and before and [str(c) for c in before] != texts:
+        found.append(Finding(
+            Severity.WARNING, "RejoinedWithNewCIDR",
+            f"node {name} rejoins with {','.join(texts)[:100]}; before it was deleted it had"
+            f" {','.join(map(str, before))}: restart flannel on it to drop the old subnet's routes.",
+            "Routes and pods of the old subnet can linger on the host (rke2#11170, flannel#1850).",
+        ))
+    return found
 
 
 class _LazyFix:
