@@ -52,9 +52,7 @@ class DoctorKubeApi(FakeKubeApi):
     # Request paths that answer 403 Forbidden (exact match).
     forbidden: set[str] = field(default_factory=set)
 
-    async def up(self) -> None:
-        """As FakeKubeApi.up, with the log route and a 403 middleware."""
-
+    def _middlewares(self) -> list[Any]:
         @aiohttp.web.middleware
         async def rbac(request: aiohttp.web.Request, handler: Any) -> aiohttp.web.StreamResponse:
             if request.path in self.forbidden:
@@ -63,19 +61,11 @@ class DoctorKubeApi(FakeKubeApi):
                     self._status(403, "Forbidden", f"forbidden: {request.path}"), status=403)
             return await handler(request)
 
-        app = aiohttp.web.Application(middlewares=[rbac])
-        app.router.add_get("/api/v1/nodes", self._nodes)
+        return [*super()._middlewares(), rbac]
+
+    def _add_routes(self, app: aiohttp.web.Application) -> None:
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", self._log)
-        app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
-        app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
-        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        site = aiohttp.web.TCPSite(self._runner, "127.0.0.1", self._port, reuse_address=True)
-        await site.start()
-        if not self._port:
-            server = site._server
-            assert server is not None
-            self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        super()._add_routes(app)
 
     async def _log(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)

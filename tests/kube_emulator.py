@@ -281,15 +281,8 @@ class FakeKubeApi:
 
     async def up(self) -> None:
         """Listen (again) on 127.0.0.1, on the same port as before if there was one."""
-        app = aiohttp.web.Application()
-        app.router.add_get("/api/v1/nodes", self._nodes)
-        app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
-        app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
-        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
-        app.router.add_post(leases, self._lease_create)
-        app.router.add_get(leases, self._lease_list)
-        app.router.add_get(leases + "/{name}", self._lease_get)
-        app.router.add_delete(leases + "/{name}", self._lease_delete)
+        app = aiohttp.web.Application(middlewares=self._middlewares())
+        self._add_routes(app)
         self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None,
                                              shutdown_timeout=0.2)
         await self._runner.setup()
@@ -299,6 +292,21 @@ class FakeKubeApi:
             server = site._server
             assert server is not None
             self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _middlewares(self) -> list[Any]:
+        """Subclasses add middlewares (e.g. RBAC refusals)."""
+        return []
+
+    def _add_routes(self, app: aiohttp.web.Application) -> None:
+        """The API paths served; subclasses extend."""
+        app.router.add_get("/api/v1/nodes", self._nodes)
+        app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
+        app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_post(leases, self._lease_create)
+        app.router.add_get(leases, self._lease_list)
+        app.router.add_get(leases + "/{name}", self._lease_get)
+        app.router.add_delete(leases + "/{name}", self._lease_delete)
 
     async def down(self) -> None:
         """Stop listening and cut every open connection (an API server restart)."""
