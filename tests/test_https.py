@@ -54,18 +54,19 @@ class Running:
                            extensions={"sni_hostname": SVC_DNS}, **kw)  # type: ignore[arg-type]
 
 
-def start(tmp: Path, cidr: str | None, mode: Mode = Mode.ENFORCE, *, fix: bool = False) -> Iterator[Running]:
+def start(tmp: Path, cidr: str | None, mode: Mode = Mode.ENFORCE, *, fix: bool = False,
+          store: MemoryStore | None = None, **overrides: object) -> Iterator[Running]:
     bundle = certs.generate(SERVICE, NAMESPACE, days=1)
     certs.write_bundle(bundle, tmp)
     port = _free_port()
     settings = Settings(host="127.0.0.1", port=port, tls_cert=tmp / "tls.crt", tls_key=tmp / "tls.key",
                         mode=mode, standalone=True, cluster_cidr=Settings.parse_cluster_cidr(cidr),
-                        fix_network=fix)
+                        fix_network=fix, **overrides)  # type: ignore[arg-type]
     state = ClusterState(cluster_cidr=settings.cluster_cidr, cidr_source="--cluster-cidr")
     state.mark_synced()
     allocator = None
     if settings.cluster_cidr:
-        allocator = Allocator(settings.cluster_cidr, index=state.index, store=MemoryStore())
+        allocator = Allocator(settings.cluster_cidr, index=state.index, store=store or MemoryStore())
     server, _ = build_server(settings, state, allocator)
     server.config.install_signal_handlers = False  # type: ignore[attr-defined]
     loop = asyncio.new_event_loop()
@@ -328,3 +329,20 @@ def test_fix_network_with_unknown_cluster_cidr_is_refused_not_rewritten(tmp_path
             assert "patch" not in resp
             resp = running.post(c, "/validate", review(configmap())).json()["response"]
             assert resp["allowed"] is False and "cluster-cidr is unknown" in resp["status"]["message"]
+
+
+class _UnwritableStore(MemoryStore):
+    async def claim(self, cidr, node):
+        from webhook.allocator import StoreUnavailable
+
+        raise StoreUnavailable("Lease create answered 503 ServiceUnavailable")
+
+
+@pytest.mark.parametrize(("policy", "allowed"), [("admit", True), ("deny", False)])
+def test_unwritable_reservations_follow_the_configured_policy(tmp_path: Path, policy: str, allowed: bool):
+    for running in start(tmp_path, "10.244.0.0/16", store=_UnwritableStore(), on_reservation_failure=policy):
+        with running.client() as c:
+            resp = running.post(c, "/mutate", review(node("a"))).json()["response"]
+        assert resp["allowed"] is allowed and "patch" not in resp
+        text = resp["warnings"][0] if allowed else resp["status"]["message"]
+        assert "could not reserve a podCIDR for node a" in text and "503" in text
