@@ -448,10 +448,22 @@ class FakeKubeApi:
         self._seen(request)
         if request.query.get("watch") in ("true", "1"):
             return await self._watch(request)
+        # limit/continue as the API server pages a list (the token here: the snapshot's
+        # resourceVersion and an offset; a real token is opaque).
+        limit = int(request.query.get("limit") or 0)
+        rv, _, offset = (request.query.get("continue") or "").partition(":")
+        start = int(offset or 0)
         async with self._cond:
-            body = {"apiVersion": "v1", "kind": "NodeList",
-                    "metadata": {"resourceVersion": str(self._rv)},
-                    "items": [copy.deepcopy(n) for n in self.nodes.values()]}
+            if rv and int(rv) != self._rv:
+                return aiohttp.web.json_response(
+                    self._status(410, "Expired", "the provided continue parameter is too old"), status=410)
+            names = list(self.nodes)
+            end = start + limit if limit else len(names)
+            meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
+            if end < len(names):
+                meta["continue"] = f"{self._rv}:{end}"
+            body = {"apiVersion": "v1", "kind": "NodeList", "metadata": meta,
+                    "items": [copy.deepcopy(self.nodes[n]) for n in names[start:end]]}
         return aiohttp.web.json_response(body)
 
     async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:

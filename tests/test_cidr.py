@@ -126,3 +126,18 @@ def test_ipv6_cidrs_near_zero_stay_ipv6():
     assert index.overlapping(N("::/48")) == [("a", N("::/64"))]
     assert index.first_free(N("::/56"), 64) == N("0:0:0:1::/64")
     assert index.outside([N("fd00::/8")]) == (1, [("a", N("::/64"))])
+
+
+def test_a_shared_cidr_keeps_every_owner_until_the_last_leaves():
+    index = NodeCidrIndex()
+    for name in ("a", "b", "c"):
+        index.set(name, [N("10.0.1.0/24")])
+    assert [n for n, _ in index.overlapping(N("10.0.1.0/24"))] == ["a", "b", "c"]
+    assert index.outside([N("10.9.0.0/16"), N("10.8.0.0/16")]) == (
+        3, [("a", N("10.0.1.0/24")), ("b", N("10.0.1.0/24")), ("c", N("10.0.1.0/24"))])
+    index.remove("b")
+    index.remove("a")
+    assert index.overlapping(N("10.0.1.0/24")) == [("c", N("10.0.1.0/24"))]
+    assert index.outside([N("10.9.0.0/16")]) == (1, [("c", N("10.0.1.0/24"))])
+    index.remove("c")
+    assert index.overlapping(N("10.0.0.0/8")) == []

@@ -16,6 +16,7 @@ ways that matter to the tools this project sits between:
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "NodeCidrIndex",
     "ParsedCidr",
     "family_name",
+    "last_address",
     "parse_cidr",
     "parse_cidr_list",
 ]
@@ -119,6 +121,16 @@ def parse_cidr_list(text: str) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
+def last_address(net: IPNetwork) -> int:
+    """The integer of a network's last address, without caching ``broadcast_address`` on it."""
+    return int(net.network_address) | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+
+
+def _owners(value: str | set[str]) -> list[str]:
+    """The owners of one start, sorted."""
+    return [value] if isinstance(value, str) else sorted(value)
+
+
 def _make(version: int, start: int, prefixlen: int) -> IPNetwork:
     """A network from its integer start; ``ip_network((int, n))`` would read a small int as IPv4."""
     if version == 4:
@@ -135,7 +147,27 @@ def _shorten(text: str, limit: int = 64) -> str:
 class _Bucket:
     """All indexed CIDRs of one family and one prefix length, sorted by address."""
 
-    by_start: SortedDict = field(default_factory=SortedDict)  # int -> set[str] of owners
+    # start -> its owner's name, or a set of names when several nodes share the CIDR (rare).
+    by_start: SortedDict = field(default_factory=SortedDict)
+    # Owners over all starts, and the starts that have more than one (a shared CIDR, rare):
+    # with them, counting the owners of a range of starts takes two bisections.
+    owners: int = 0
+    shared: dict[int, int] = field(default_factory=dict)
+
+    def recount(self, start: int, before: int, after: int) -> None:
+        """Account for the owners of ``start`` going from ``before`` to ``after``."""
+        self.owners += after - before
+        if after > 1:
+            self.shared[start] = after
+        else:
+            self.shared.pop(start, None)
+
+    def owners_between(self, lo: int, hi: int) -> int:
+        """Owners of the starts in ``[lo, hi]``, in O(log n + shared starts)."""
+        if lo > hi:
+            return 0
+        n = self.by_start.bisect_right(hi) - self.by_start.bisect_left(lo)
+        return n + sum(c - 1 for s, c in self.shared.items() if lo <= s <= hi)
 
 
 class NodeCidrIndex:
@@ -194,11 +226,19 @@ class NodeCidrIndex:
         self._by_node[node] = new
         for net in new:
             bucket = self._buckets.setdefault((net.version, net.prefixlen), _Bucket())
-            owners = bucket.by_start.get(int(net.network_address))
+            start = int(net.network_address)
+            owners = bucket.by_start.get(start)
             if owners is None:
-                bucket.by_start[int(net.network_address)] = {node}
+                bucket.by_start[start] = node  # one owner: the name itself, not a set (memory)
+                bucket.recount(start, 0, 1)
+            elif isinstance(owners, str):
+                if owners != node:
+                    bucket.by_start[start] = {owners, node}
+                    bucket.recount(start, 1, 2)
             else:
+                before = len(owners)
                 owners.add(node)
+                bucket.recount(start, before, len(owners))
 
     def remove(self, node: str) -> None:
         """Forget ``node`` and free its CIDRs (idempotent)."""
@@ -213,9 +253,16 @@ class NodeCidrIndex:
             bucket = self._buckets[key]
             start = int(net.network_address)
             owners = bucket.by_start[start]
-            owners.discard(node)
-            if not owners:
-                del bucket.by_start[start]
+            if isinstance(owners, str):
+                if owners == node:
+                    del bucket.by_start[start]
+                    bucket.recount(start, 1, 0)
+            else:
+                before = len(owners)
+                owners.discard(node)
+                bucket.recount(start, before, len(owners))
+                if len(owners) == 1:
+                    bucket.by_start[start] = next(iter(owners))
             if not bucket.by_start:
                 del self._buckets[key]
         return old
@@ -234,7 +281,7 @@ class NodeCidrIndex:
         """Up to ``limit`` (node, cidr) pairs whose CIDR overlaps ``query``."""
         found: list[tuple[str, IPNetwork]] = []
         start = int(query.network_address)
-        end = int(query.broadcast_address)
+        end = last_address(query)
         bits = query.max_prefixlen
         for (version, plen), bucket in self._buckets.items():
             if version != query.version:
@@ -247,7 +294,7 @@ class NodeCidrIndex:
                 starts = bucket.by_start.irange(start, end)
             for s in starts:
                 net = _make(version, s, plen)
-                for owner in sorted(bucket.by_start[s]):
+                for owner in _owners(bucket.by_start[s]):
                     if owner != exclude:
                         found.append((owner, net))
                         if len(found) >= limit:
@@ -259,7 +306,11 @@ class NodeCidrIndex:
     ) -> tuple[int, list[tuple[str, IPNetwork]]]:
         """Count CIDRs that lie in none of ``networks`` (per family), with the first ``limit``.
 
-        A family with no network in ``networks`` is not judged.
+        A family with no network in ``networks`` is not judged. With one network
+        per family (flannel's Network / IPv6Network) this costs O(P log n + limit):
+        the starts inside are one contiguous range of each bucket, counted by
+        bisection; only the sample is walked. Several networks of one family
+        (their union) take a scan.
         """
         by_version: dict[int, list[IPNetwork]] = {}
         for n in networks:
@@ -272,16 +323,34 @@ class NodeCidrIndex:
                 continue
             bits = 32 if version == 4 else 128
             size = 1 << (bits - plen)
+            if len(nets) == 1:
+                n = nets[0]
+                # Starts s with network_address <= s and s + size - 1 <= broadcast_address.
+                lo, hi = (int(n.network_address), last_address(n) - size + 1) \
+                    if plen >= n.prefixlen else (1, 0)
+                count += bucket.owners - bucket.owners_between(lo, hi)
+                if len(sample) < limit:
+                    below = bucket.by_start.irange(maximum=lo - 1) if lo <= hi else bucket.by_start.irange()
+                    above = bucket.by_start.irange(minimum=hi + 1) if lo <= hi else ()
+                    for s in itertools.chain(below, above):
+                        for owner in _owners(bucket.by_start[s]):
+                            sample.append((owner, _make(version, s, plen)))
+                            if len(sample) >= limit:
+                                break
+                        if len(sample) >= limit:
+                            break
+                continue
             for s, owners in bucket.by_start.items():
                 inside = any(
                     plen >= n.prefixlen
                     and int(n.network_address) <= s
-                    and s + size - 1 <= int(n.broadcast_address)
+                    and s + size - 1 <= last_address(n)
                     for n in nets
                 )
                 if not inside:
-                    count += len(owners)
-                    for owner in sorted(owners):
+                    names = _owners(owners)
+                    count += len(names)
+                    for owner in names:
                         if len(sample) < limit:
                             sample.append((owner, _make(version, s, plen)))
         return count, sample
@@ -298,14 +367,14 @@ class NodeCidrIndex:
         bits = within.max_prefixlen
         step = 1 << (bits - prefixlen)
         candidate = int(within.network_address)
-        last = int(within.broadcast_address)
+        last = last_address(within)
         while candidate + step - 1 <= last:
             net = _make(within.version, candidate, prefixlen)
             hit = self.overlapping(net, limit=1)
             if not hit:
                 return net
             blocker = hit[0][1]
-            past = int(blocker.broadcast_address) + 1
+            past = last_address(blocker) + 1
             # Next aligned candidate at or after the end of the blocking CIDR.
             candidate = max(candidate + step, (past + step - 1) // step * step)
         return None

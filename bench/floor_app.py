@@ -1,0 +1,62 @@
+"""The floor: flannel-guard's own uvicorn/TLS server answering a fixed AdmissionReview from a bare endpoint.
+
+``python bench/floor_app.py --port P --tls-cert C --tls-key K`` serves
+``POST /validate`` (and ``GET /readyz``) with exactly the server
+:func:`webhook.server.build_server` builds (same uvicorn settings, same TLS
+context, same FastAPI routing); only the app is this module's. The endpoint
+reads the body, as the real one must, and answers pre-built bytes: what is left
+is the cost of HTTP, TLS and the framework, which no webhook can go below.
+Bench-only: never imported by ``webhook``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+
+import webhook.server
+from webhook.settings import Settings
+from webhook.state import ClusterState
+
+RESPONSE = json.dumps({
+    "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+    "response": {"uid": "00000000-0000-0000-0000-000000000000", "allowed": True},
+}).encode()
+
+
+def floor_app(*_: Any, **__: Any) -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/validate")
+    async def validate(request: Request) -> Response:
+        await request.body()
+        return Response(RESPONSE, media_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        return PlainTextResponse("ok")
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tls-cert", type=Path, required=True)
+    p.add_argument("--tls-key", type=Path, required=True)
+    args = p.parse_args()
+    # build_server is the serving stack under test; only the app it wraps is swapped.
+    webhook.server.create_app = floor_app  # type: ignore[assignment]
+    settings = Settings(port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    server, _ = webhook.server.build_server(settings, ClusterState(cluster_cidr=None, cidr_source="none"))
+    asyncio.run(server.serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""``make bench``: the webhook's cost on the API server's write path, at up to 15,000 nodes.
+
+Starts the real server (``python -m webhook serve``, HTTPS, keep-alive) on
+127.0.0.1 in its own process, in cluster mode against the emulated Kubernetes
+API of ``tests/kube_emulator.py`` (in a thread of this process) preloaded with
+N Nodes: the server builds its node index from the API's list, as in a
+cluster. A separate load-generator process (``bench/loadgen.py``) drives it.
+Every latency is also given as a ratio to the floor (``bench/floor_app.py``:
+the same uvicorn/TLS stack answering a fixed AdmissionReview), measured in the
+same run. Figures are medians over ``--runs`` runs. Prints one table and writes
+``bench/out/results.json``. Bounded request counts: a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import timeit
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
+
+import aiohttp.web  # noqa: E402
+import workload  # noqa: E402
+from kube_emulator import FakeKubeApi  # noqa: E402
+
+from webhook import certs  # noqa: E402
+
+OUT = BENCH / "out"
+NS = "flannel-guard"
+NODE_COUNTS = (0, 1000, 5000, 15000)
+BIG = 15000
+NODE_RANGE = "10.0.0.0/8"  # 65,536 /24s: room for 15,000 nodes and the allocations
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+class BenchApi(FakeKubeApi):
+    """FakeKubeApi whose Node list pages are joined from pre-serialised Nodes.
+
+    kube-apiserver answers a list from its watch cache of serialised objects;
+    the emulator's deep copy and re-encoding of 15,000 Nodes would otherwise
+    take longer than the webhook's whole start-up and be counted against it.
+    Same answers, same ``limit``/``continue`` paging; watches are the emulator's own.
+    """
+
+    encoded: ClassVar[list[bytes]] = []  # set per instance by ApiThread.set_nodes
+
+    async def _nodes(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        if request.query.get("watch") in ("true", "1") or len(self.encoded) != len(self.nodes):
+            return await super()._nodes(request)
+        limit = int(request.query.get("limit") or 0) or len(self.encoded)
+        start = int((request.query.get("continue") or ":0").partition(":")[2])
+        end = start + limit
+        meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
+        if end < len(self.encoded):
+            meta["continue"] = f"{self._rv}:{end}"
+        head = json.dumps({"apiVersion": "v1", "kind": "NodeList", "metadata": meta})[:-1]
+        body = head.encode() + b', "items": [' + b", ".join(self.encoded[start:end]) + b"]}"
+        return aiohttp.web.Response(body=body, content_type="application/json")
+
+
+class ApiThread:
+    """The emulated API on its own event loop in a thread (as tests/test_replicas.py)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.api = BenchApi(keep_requests=False)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.api.up())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def set_nodes(self, count: int) -> None:
+        nodes = {f"node-{i:05d}": workload.node(i) for i in range(count)}
+
+        encoded = [json.dumps(n).encode() for n in nodes.values()]
+
+        async def put() -> None:
+            self.api.nodes = nodes
+            self.api.encoded = encoded
+
+        self.call(put())
+
+    def clear_leases(self) -> None:
+        async def clear() -> None:
+            self.api.leases.clear()
+
+        self.call(clear())
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            await self.api.down()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Env:
+    """Certificates, kubeconfig and logs in one temporary directory."""
+
+    def __init__(self, tmp: Path, api_url: str) -> None:
+        self.tmp = tmp
+        certs.write_bundle(certs.generate("flannel-guard", NS, days=1, extra_ips=["127.0.0.1"]), tmp)
+        self.ca = tmp / "ca.crt"
+        self.ctx = ssl.create_default_context(cafile=str(self.ca))
+        self.kubeconfig = tmp / "kubeconfig"
+        self.kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+            "clusters": [{"name": "emu", "cluster": {"server": api_url}}],
+            "users": [{"name": "emu", "user": {"token": "bench"}}],
+            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+        }))
+
+
+class Server:
+    """One server process; ``ready_s`` is the time from its start to the first ``/readyz`` 200."""
+
+    def __init__(self, env: Env, argv: list[str], name: str) -> None:
+        self.env = env
+        self.port = _free_port()
+        self.log = (env.tmp / f"{name}.log").open("wb")
+        tls = ["--tls-cert", str(env.tmp / "tls.crt"), "--tls-key", str(env.tmp / "tls.key")]
+        started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, *argv, "--port", str(self.port), *tls],
+                                     env={**os.environ, "POD_NAMESPACE": NS}, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = started + 120
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited: {(env.tmp / f'{name}.log').read_text()[-2000:]}")
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"{name} not ready in 120 s")
+            time.sleep(0.01)
+        self.ready_s = time.perf_counter() - started
+
+    def _ready(self) -> bool:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.env.ctx, timeout=2)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def webhook_argv(env: Env, cluster_cidr: str) -> list[str]:
+    return ["-m", "webhook", "serve", "--kubeconfig", str(env.kubeconfig), "--cluster-cidr", cluster_cidr]
+
+
+@contextlib.contextmanager
+def serving(env: Env, argv: list[str], name: str) -> Iterator[Server]:
+    server = Server(env, argv, name)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def drive(env: Env, server: Server, path: str, bodies: list[str], *, count: int, concurrency: int = 1,
+          warmup: int = 50) -> dict[str, Any]:
+    """One load-generator run; p50/p99 in ms, req/s, client CPU per request in µs."""
+    spec = env.tmp / "spec.json"
+    spec.write_text(json.dumps({"cafile": str(env.ca), "host": "127.0.0.1", "port": server.port,
+                                "path": path, "bodies": bodies, "count": count, "warmup": warmup,
+                                "concurrency": concurrency}))
+    out = subprocess.run([sys.executable, str(BENCH / "loadgen.py"), str(spec)], capture_output=True,
+                         check=False, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"loadgen failed: {out.stderr.decode()[-2000:]}")
+    res = json.loads(out.stdout)
+    lat = sorted(res["latencies_us"])
+    return {"p50_ms": percentile(lat, 50) / 1000, "p99_ms": percentile(lat, 99) / 1000,
+            "rps": res["requests"] / res["wall_s"],
+            "client_cpu_us": res["client_cpu_s"] / res["requests"] * 1e6,
+            "first": json.loads(res["first_response"])}
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("p50_ms", "p99_ms", "rps", "client_cpu_us")
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": len(runs)}
+
+
+def measure(env: Env, server: Server, path: str, bodies: list[str], runs: int, **kw: Any) -> dict[str, Any]:
+    results = [drive(env, server, path, bodies, **kw) for _ in range(runs)]
+    return median_of(results) | {"first": results[0]["first"]}
+
+
+def expect(result: dict[str, Any], what: str, check: Any) -> None:
+    response = result.pop("first")["response"]
+    if not check(response):
+        raise SystemExit(f"{what}: unexpected response {json.dumps(response)[:500]}")
+
+
+# --- in-process micro figures ------------------------------------------------------------------
+
+
+def micro(repeat: int) -> dict[str, float]:
+    """Microseconds per call (best of ``repeat`` timeit rounds, as timeit advises)."""
+    import ipaddress
+
+    from webhook.cidr import NodeCidrIndex
+    from webhook.cidrset import CidrSet
+    from webhook.cluster import NodeWatcher
+
+    def per_call(fn: Any, number: int) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+    index = NodeCidrIndex()
+    for i in range(BIG):
+        index.set(f"node-{i:05d}", [ipaddress.IPv4Network(workload.node_cidr(i))])
+    hit = ipaddress.IPv4Network(workload.node_cidr(BIG // 2))
+    miss = ipaddress.IPv4Network(workload.node_cidr(BIG + 10))
+    figures = {
+        "overlap_query_hit_us": per_call(lambda: index.overlapping(hit, exclude="x", limit=3), 20000),
+        "overlap_query_miss_us": per_call(lambda: index.overlapping(miss, limit=3), 20000),
+        "outside_15000_us": per_call(lambda: index.outside([ipaddress.IPv4Network("10.0.0.0/8")]), 20000),
+    }
+
+    # A /8 cut into /24s, every candidate occupied but one in every 4,096 (16 free of 65,536).
+    s = CidrSet(ipaddress.IPv4Network("10.0.0.0/8"), 24)
+    s.occupy(ipaddress.IPv4Network("10.0.0.0/8"))
+    for k in range(0, s.capacity, 4096):
+        s.release(s.cidr_at(k + 4095))
+
+    def allocate_next() -> None:
+        got = s.allocate_next()
+        s.release(got)  # the same state again for the next call (the pointer moves on, wrapping)
+
+    figures["allocate_next_nearly_full_us"] = per_call(allocate_next, 5000)
+    figures["allocate_next_candidates"] = s.capacity
+
+    # The list path of NodeWatcher: the bytes of a 15,000-node list to an index.
+    body = json.dumps({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "9"},
+                       "items": [workload.node(i) for i in range(BIG)]}).encode()
+
+    class _Resp:
+        data = body
+
+    class _Core:
+        def list_node(self, **_: Any) -> _Resp:
+            return _Resp()
+
+    def build() -> None:
+        from webhook.state import ClusterState
+        watcher = NodeWatcher.__new__(NodeWatcher)
+        watcher._core = _Core()  # type: ignore[assignment]
+        watcher._request_timeout = 1
+        _, entries = watcher._list()
+        ClusterState(cluster_cidr=None, cidr_source="bench").index.replace_all(entries)
+
+    figures["index_build_15000_ms"] = min(timeit.repeat(build, number=1, repeat=max(2, repeat // 2))) * 1000
+    figures["node_list_15000_mb"] = len(body) / 1e6
+    return figures
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="runs per figure (median reported)")
+    p.add_argument("--requests", type=int, default=800, help="measured requests per run at concurrency 1")
+    args = p.parse_args()
+    n1, n16, runs = args.requests, args.requests * 2, args.runs
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    api = ApiThread()
+    try:
+        with tempfile.TemporaryDirectory(prefix="flannel-guard-bench-") as tmp:
+            env = Env(Path(tmp), api.api.url)
+            cm_bodies = workload.configmap_reviews(64)
+            _, cm_source = workload.flannel_configmap()
+
+            def allowed(r: dict[str, Any]) -> bool:
+                return r["allowed"] is True
+
+            print("floor ...", file=sys.stderr)
+            with serving(env, [str(BENCH / "floor_app.py")], "floor") as floor:
+                results["floor_c1"] = measure(env, floor, "/validate", cm_bodies, runs, count=n1)
+                results["floor_c16"] = measure(env, floor, "/validate", cm_bodies, runs, count=n16,
+                                               concurrency=16, warmup=160)
+            for k in ("floor_c1", "floor_c16"):
+                expect(results[k], k, allowed)
+
+            print("ConfigMap validation ...", file=sys.stderr)
+            api.set_nodes(0)
+            with serving(env, webhook_argv(env, "10.244.0.0/16"), "configmap") as srv:
+                results["configmap_c1"] = measure(env, srv, "/validate", cm_bodies, runs, count=n1)
+                results["configmap_c16"] = measure(env, srv, "/validate", cm_bodies, runs, count=n16,
+                                                   concurrency=16, warmup=160)
+            for k in ("configmap_c1", "configmap_c16"):
+                expect(results[k], k, lambda r: r["allowed"] and not r.get("warnings"))
+
+            for count in NODE_COUNTS:
+                print(f"Node UPDATE validation, {count} nodes ...", file=sys.stderr)
+                api.set_nodes(count)
+                bodies = workload.node_update_reviews(count, 200)
+                with serving(env, webhook_argv(env, NODE_RANGE), f"nodes-{count}") as srv:
+                    results[f"node_update_{count}"] = measure(env, srv, "/validate", bodies, runs, count=n1)
+                    results[f"node_update_{count}"]["ready_s"] = srv.ready_s
+                    expect(results[f"node_update_{count}"], "node update", allowed)
+                    if count != BIG:
+                        continue
+                    print("Node CREATE mutation, 15000 nodes ...", file=sys.stderr)
+                    runs_out = []
+                    for r in range(runs):
+                        api.clear_leases()  # the emulator's Lease list stays the same size every run
+                        n = n1 // 2
+                        bodies = workload.node_create_reviews(f"new{r}", n + 20)
+                        runs_out.append(drive(env, srv, "/mutate", bodies, count=n, warmup=20))
+                    results["mutate_15000"] = median_of(runs_out) | {"first": runs_out[0]["first"]}
+                    expect(results["mutate_15000"], "mutate", lambda r: r["allowed"] and r.get("patch"))
+                    results["peak_rss_15000_mb"] = srv.peak_rss_mb()
+                    ready = [srv.ready_s]
+            print("start-up with 15000 nodes ...", file=sys.stderr)
+            for k in range(2):
+                with serving(env, webhook_argv(env, NODE_RANGE), f"startup-{k}") as srv:
+                    ready.append(srv.ready_s)
+            results["ready_15000_s"] = statistics.median(ready)
+    finally:
+        api.close()
+    print("micro figures ...", file=sys.stderr)
+    results["micro"] = micro(repeat=5)
+    results["meta"] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+        "runs": runs, "requests_c1": n1, "requests_c16": n16, "flannel_source": cm_source,
+        "node_index_from": "server in cluster mode, listing Nodes from tests/kube_emulator.FakeKubeApi",
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+
+
+def render(r: dict[str, Any]) -> str:
+    f1, f16 = r["floor_c1"], r["floor_c16"]
+    rows = [("figure", "p50 ms", "p99 ms", "req/s", "p50/floor", "p99/floor", "client µs/req")]
+
+    def row(name: str, x: dict[str, Any], floor: dict[str, Any] | None) -> None:
+        rows.append((name, f"{x['p50_ms']:.3f}", f"{x['p99_ms']:.3f}", f"{x['rps']:.0f}",
+                     f"{x['p50_ms'] / floor['p50_ms']:.2f}x" if floor else "-",
+                     f"{x['p99_ms'] / floor['p99_ms']:.2f}x" if floor else "-",
+                     f"{x['client_cpu_us']:.0f}"))
+
+    row("floor (fixed response), c=1", f1, None)
+    row("floor (fixed response), c=16", f16, None)
+    row("validate flannel ConfigMap, c=1", r["configmap_c1"], f1)
+    row("validate flannel ConfigMap, c=16", r["configmap_c16"], f16)
+    for n in NODE_COUNTS:
+        row(f"validate Node UPDATE, {n} nodes", r[f"node_update_{n}"], f1)
+    row("mutate Node CREATE + Lease, 15000 nodes", r["mutate_15000"], f1)
+    widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(x, widths, strict=True))) for x in rows]
+    m = r["micro"]
+    n0, nb = r["node_update_0"], r[f"node_update_{BIG}"]
+    lines += [
+        "",
+        f"Node UPDATE 15000/0 nodes: p50 {nb['p50_ms'] / n0['p50_ms']:.2f}x,"
+        f" p99 {nb['p99_ms'] / n0['p99_ms']:.2f}x",
+        f"overlap query, 15000-node index: {m['overlap_query_hit_us']:.1f} µs (hit), "
+        f"{m['overlap_query_miss_us']:.1f} µs (miss)",
+        f"outside (ConfigMap stranding check), 15000-node index: {m['outside_15000_us']:.1f} µs",
+        f"allocate-next, /8 into /24s (65536 candidates, 16 free):"
+        f" {m['allocate_next_nearly_full_us']:.1f} µs",
+        f"index from a 15000-node list ({m['node_list_15000_mb']:.0f} MB JSON, parse + index): "
+        f"{m['index_build_15000_ms']:.0f} ms",
+        f"server peak RSS with 15000 nodes indexed: {r['peak_rss_15000_mb']:.0f} MB (VmHWM)",
+        f"start to /readyz 200, API listing 15000 nodes: {r['ready_15000_s']:.2f} s",
+        f"({r['meta']['cores']} cores, Python {r['meta']['python']}, {r['meta']['date']},"
+        f" median of {r['meta']['runs']} runs, {r['meta']['elapsed_s']} s)",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
