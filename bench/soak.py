@@ -59,8 +59,9 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 RPS = float(os.environ.get("SOAK_RPS", "100"))
 LIVE = int(os.environ.get("SOAK_LIVE", "200"))
 WORKERS = 8
-CLUSTER_CIDR = "10.244.0.0/14"
-PINNED = 20  # nodes that never leave: the overlap denials point at them
+CLUSTER_CIDR = "10.240.0.0/12"
+MASK = "28"  # 65,536 node CIDRs: next-fit never reaches the probes' 10.250.0.0/16
+PINNED = 16  # nodes that never leave: the overlap denials point at them
 NS = "flannel-guard"
 OUT = ROOT / "bench" / "out" / "soak.json"
 
@@ -198,9 +199,10 @@ class Soak:
                                  headers={"Content-Type": "application/json"})
 
     async def node_free(self, client: httpx.AsyncClient) -> None:
-        # 10.247.0.0/16: inside the cluster-cidr, beyond anything the allocator hands out here.
+        # 10.250.0.0/16: inside the cluster-cidr, beyond anything the allocator hands out here.
         i = next(self.seq)
-        body = review(node(f"probe-{i}", f"10.247.{i % 256}.0/24"), "CREATE", dry_run=True)
+        cidr = f"10.250.{i % 256}.{(i // 256) % 16 * 16}/28"
+        body = review(node(f"probe-{i}", cidr), "CREATE", dry_run=True)
         r = await self.post(client, "/validate", body)
         if self.check_review("node-free", r, body["request"]["uid"], True) is not None:
             self.counts["node-free allowed"] += 1
@@ -350,7 +352,7 @@ def main() -> int:
         ctx = ssl.create_default_context(cadata=(bundle_a.ca_cert_pem + bundle_b.ca_cert_pem).decode())
         soak = Soak(work, ApiThread())
         for i in range(PINNED):
-            cidr = f"10.246.{i}.0/24"
+            cidr = f"10.246.0.{i * 16}/28"
             soak.pinned[f"pinned-{i:02d}"] = cidr
             soak.api.call(soak.api.api.put_node(api_node(f"pinned-{i:02d}", cidr)))
         port = _free_port()
@@ -358,7 +360,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "webhook", "serve", "--kubeconfig",
                str(kubeconfig(work / "kubeconfig", soak.api.api.url)), "--port", str(port),
                "--tls-cert", str(work / "tls.crt"), "--tls-key", str(work / "tls.key"),
-               "--cluster-cidr", CLUSTER_CIDR, "--reservation-grace", "30",
+               "--cluster-cidr", CLUSTER_CIDR, "--node-cidr-mask-size", MASK, "--reservation-grace", "30",
                "--cert-reload-interval", "2"]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, env={**os.environ, "POD_NAMESPACE": NS},

@@ -54,6 +54,8 @@ EXPECTED_ARGS = [
     "/etc/flannel-guard/tls/tls.crt",
     "--tls-key",
     "/etc/flannel-guard/tls/tls.key",
+    "--shutdown-delay",
+    "5",
 ]
 
 Obj = dict[str, Any]

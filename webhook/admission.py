@@ -84,6 +84,23 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _shown(value: object) -> str:
+    """A value for a message: a string cut short, else only its JSON type (never str() of a tree)."""
+    if isinstance(value, str):
+        return repr(value[:60])
+    if value is None:
+        return "null"
+    return "a JSON " + {dict: "object", list: "array", bool: "boolean"}.get(type(value), "number")
+
+
+def _lone_surrogate(doc: object) -> bool:
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return True
+    return False
+
+
 def parse_review(body: bytes) -> tuple[dict[str, Any], AdmissionRequest]:
     """Parse a request body; return the envelope and the typed request, or raise :class:`BadReview`."""
     if not body:
@@ -98,13 +115,18 @@ def parse_review(body: bytes) -> tuple[dict[str, Any], AdmissionRequest]:
         raise BadReview(f"body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise BadReview("body is nested too deeply") from None
+    except ValueError as e:  # an integer literal past Python's 4,300-digit conversion limit
+        raise BadReview(f"body is not an AdmissionReview: {str(e)[:80]}") from None
+    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(doc):
+        # "\ud800" parses, but is no character: nothing holding it can be answered in UTF-8.
+        raise BadReview("body has a lone UTF-16 surrogate escape (not Unicode text)")
     if not isinstance(doc, dict):
         raise BadReview("body must be a JSON object (an AdmissionReview)")
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if kind != KIND or api_version != API_VERSION:
         raise BadReview(
-            f"expected apiVersion {API_VERSION} kind {KIND}, got {str(api_version)[:60]!r}"
-            f" {str(kind)[:60]!r}; set admissionReviewVersions: [\"v1\"] in the webhook"
+            f"expected apiVersion {API_VERSION} kind {KIND}, got {_shown(api_version)}"
+            f" {_shown(kind)}; set admissionReviewVersions: [\"v1\"] in the webhook"
             " configuration"
         )
     raw = doc.get("request")

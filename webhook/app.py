@@ -209,7 +209,9 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
     if req.operation not in ("CREATE", "UPDATE") or pod_cidrs(req.object):
         return Verdict(allowed=True)
     name = node_name(req.object)
-    if not name:
+    if not name or len(name) > 253:
+        # No name, or one the API server refuses (a DNS subdomain is at most 253 characters):
+        # reserve nothing for it, and never echo it.
         return Verdict(allowed=True)
     try:
         cidrs = await allocator.assign(name, dry_run=req.dry_run)

@@ -248,7 +248,7 @@ class NodeCidrIndex:
 
     def _drop(self, node: str) -> tuple[IPNetwork, ...]:
         old = self._by_node.pop(node, ())
-        for net in old:
+        for net in dict.fromkeys(old):  # a CIDR listed twice was indexed once
             key = (net.version, net.prefixlen)
             bucket = self._buckets[key]
             start = int(net.network_address)

@@ -151,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fix-network", action="store_true",
                        default=env_default("fix_network", "") in ("1", "true", "on"),
                        help="mutating: correct a flannel ConfigMap's Network to the cluster-cidr")
+    serve.add_argument("--cert-reload-interval", type=float,
+                       default=float(env_default("cert_reload_interval", "10") or 10),
+                       help="seconds between checks of --tls-cert/--tls-key for a rotated pair"
+                            " (default 10)")
+    serve.add_argument("--shutdown-delay", type=float,
+                       default=float(env_default("shutdown_delay", "0") or 0),
+                       help="on SIGTERM, turn /readyz false at once but keep accepting for this many"
+                            " seconds before draining (default 0)")
     serve.add_argument("--namespace", default=env_default("namespace") or env_default_pod_namespace(),
                        help="namespace of the reservation Leases (default: POD_NAMESPACE, the service"
                             " account's namespace, else flannel-guard)")
@@ -235,7 +243,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         rules=_rule_settings(args, Severity.ERROR), log_level=args.log_level,
         allocate=args.allocate == "on", on_reservation_failure=args.on_reservation_failure,
         reservation_grace=args.reservation_grace, fix_network=args.fix_network,
-        namespace=args.namespace,
+        namespace=args.namespace, cert_reload_interval=args.cert_reload_interval,
+        shutdown_delay=args.shutdown_delay,
     )
     if args.cluster_cidr:
         source = "--cluster-cidr flag"

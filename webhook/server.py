@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import structlog
@@ -31,15 +33,41 @@ log = structlog.get_logger("flannel_guard")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, with readiness turned false the moment a stop signal arrives."""
+    """uvicorn's server, with readiness turned false the moment a stop signal arrives.
 
-    def __init__(self, config: uvicorn.Config, state: ClusterState) -> None:
+    With a ``shutdown_delay``, SIGTERM first only turns readiness false and the
+    server keeps accepting for that long (while the endpoint removal reaches
+    the API server's resolver, requests still routed here are answered), then
+    stops accepting and lets in-flight requests finish. A second signal, or
+    SIGINT, stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ClusterState, shutdown_delay: float = 0.0) -> None:
         super().__init__(config)
         self._state = state
+        self._shutdown_delay = shutdown_delay
+        self._exit_at: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.ready = False
+        if sig == signal.SIGTERM and self._shutdown_delay > 0 and self._exit_at is None:
+            self._captured_signals.append(sig)  # as uvicorn does: re-raised once served
+            self._exit_at = time.monotonic() + self._shutdown_delay
+            return
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn re-raises the stop signal once it has served; we return instead, so that
+        :func:`serve` runs its cleanup (watch stopped, tasks cancelled) and exits with 0."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def build_server(settings: Settings, state: ClusterState,
@@ -64,7 +92,8 @@ def build_server(settings: Settings, state: ClusterState,
     config.load()
     context = server_ssl_context(settings.tls_cert, settings.tls_key, settings.client_ca)
     config.ssl = context
-    return _Server(config, state), CertReloader(context, settings.tls_cert, settings.tls_key)
+    reloader = CertReloader(context, settings.tls_cert, settings.tls_key)
+    return _Server(config, state, settings.shutdown_delay), reloader
 
 
 REDISCOVER_INTERVAL = 300.0
@@ -107,7 +136,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                 allocator.run_reclaimer(min(60.0, settings.reservation_grace))))
 
     ensure_allocator()
-    tasks.append(asyncio.create_task(reloader.run()))
+    tasks.append(asyncio.create_task(reloader.run(settings.cert_reload_interval)))
     if api is not None:
         tasks.append(asyncio.create_task(_rediscover(api, settings, state, ensure_allocator)))
     log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,

@@ -55,6 +55,10 @@ class Settings:
     # Correct a flannel ConfigMap's Network to the cluster-cidr instead of refusing it.
     fix_network: bool = False
     namespace: str = "flannel-guard"
+    # Seconds between polls of --tls-cert/--tls-key for a rotated pair.
+    cert_reload_interval: float = 10.0
+    # Seconds between SIGTERM (readiness false at once) and no longer accepting connections.
+    shutdown_delay: float = 0.0
 
     @staticmethod
     def parse_cluster_cidr(text: str | None) -> tuple[IPNetwork, ...] | None:

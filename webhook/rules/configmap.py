@@ -106,7 +106,7 @@ def _review_cni_conf(data: dict[str, Any]) -> list[Finding]:
     fix = 'keep the "plugins" list of kube-flannel.yml: [{"type": "flannel", ...}, {"type": "portmap", ...}].'
     try:
         doc = json.loads(text) if isinstance(text, str) else None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: also a 4,300-digit-plus integer
         where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
         return [Finding(
             Severity.ERROR, "CNIConfNotJSON", f"{CNI_CONF_KEY} is not valid JSON{where}.",

@@ -117,6 +117,10 @@ def _shown(value: object, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _json_kind(value: object) -> str:
     """The word Go's UnmarshalTypeError uses for a JSON value."""
     if isinstance(value, bool):
@@ -171,7 +175,8 @@ def _go_int(value: object, where: str, *, unsigned: bool = False) -> int:
             not unsigned or not text.startswith("-")
         ) and -(1 << 63) <= number < (1 << 64 if unsigned else 1 << 63):
             return number
-        raise _GoError(f"cannot unmarshal number {text} into Go struct field {where} of type {gotype}")
+        raise _GoError(f"cannot unmarshal number {_shorten(text)} into Go struct field {where} of type"
+                       f" {gotype}")
     raise _GoError(
         f"cannot unmarshal {_json_kind(value)} into Go struct field {where} of type {gotype}"
     )
@@ -295,7 +300,9 @@ def _duplicates(pairs: _Pairs, names: list[str]) -> list[str]:
 
 
 def _parse_error_finding(text: str, err: json.JSONDecodeError) -> Finding:
-    line = text.splitlines()[err.lineno - 1] if text.splitlines() else ""
+    # err.lineno counts "\n" only (splitlines() also splits at "\r", "\x0c", ... and drops a
+    # last empty line: "{\n" failed there with an IndexError).
+    line = text.split("\n")[err.lineno - 1]
     snippet = line[max(0, err.colno - 30): err.colno + 10]
     return _err(
         "NetConfNotJSON",
@@ -341,7 +348,7 @@ def parse_net_conf(text: str, *, arch: str = "amd64") -> NetConfResult:
         names = list(_CONFIG_FIELDS)
         for dup in _duplicates(doc, names):
             findings.append(_warn(
-                "DuplicateKey", f"net-conf.json sets {dup} more than once; flannel uses the last."))
+                "DuplicateKey", f"net-conf.json sets {dup[:40]} more than once; flannel uses the last."))
         backend_raw: object = None
         for key, value in doc:
             name = _match_field(key, names)

@@ -79,6 +79,8 @@ def review_node(
     if operation not in ("CREATE", "UPDATE"):
         return []
     name = node_name(obj) or "NODE"
+    if len(name) > 253:  # no Node has such a name (the API server refuses it): never echo it whole
+        name = name[:60] + "…"
     return _review_annotations(name, obj, old) + _review_cidrs(operation, name, obj, old, view)
 
 
