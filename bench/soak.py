@@ -149,6 +149,8 @@ class Soak:
         self.new_cert_seen_at: float | None = None
         self.new_cert_der: bytes = b""
         self.reservation_warnings = 0
+        self.pid = 0
+        self.rss_timeline: list[tuple[float, int]] = []
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -318,9 +320,15 @@ class Soak:
                 certs.write_bundle(bundle_b, self.work)
                 self.rotated_at = time.monotonic()
 
-            side = [asyncio.create_task(self.churn(stop)), asyncio.create_task(self.probe(port, ctx, stop)),
-                    asyncio.create_task(rotate())]
+            async def sample_rss() -> None:
+                # RSS over time: growth that levels off is warm-up; a steady climb is a leak.
+                while True:
+                    self.rss_timeline.append((round(time.monotonic() - started, 1), rss_kib(self.pid)))
+                    await asyncio.sleep(max(5.0, SECONDS / 20))
+
             started = time.monotonic()
+            side = [asyncio.create_task(self.churn(stop)), asyncio.create_task(self.probe(port, ctx, stop)),
+                    asyncio.create_task(rotate()), asyncio.create_task(sample_rss())]
             await asyncio.gather(*(worker(k) for k in range(WORKERS)))
             stop.set()
             for task in side:
@@ -378,6 +386,7 @@ def main() -> int:
                     raise SystemExit("server not ready")
                 time.sleep(0.1)
             rss_start = rss_kib(proc.pid)
+            soak.pid = proc.pid
             print(f"soak: {SECONDS:.0f} s at {RPS:.0f} req/s against pid {proc.pid}", file=sys.stderr)
             wall = asyncio.run(soak.load(url, ctx, port, bundle_b))
             rss_end = rss_kib(proc.pid)
@@ -412,6 +421,7 @@ def main() -> int:
                            "p99": round(_percentile(soak.latencies, 0.99) * 1000, 2),
                            "max": round(max(soak.latencies, default=0) * 1000, 2)},
             "rss_kib": {"start": rss_start, "end": rss_end},
+            "rss_kib_timeline": soak.rss_timeline,
             "cert_rotation": {
                 "rotated_at_s": None if soak.rotated_at is None else round(SECONDS / 2, 1),
                 "new_cert_served_after_s": None if soak.new_cert_seen_at is None or soak.rotated_at is None
