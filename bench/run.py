@@ -14,20 +14,17 @@ same run. Figures are medians over ``--runs`` runs. Prints one table and writes
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import http.client
 import json
 import os
 import platform
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import timeit
 from collections.abc import Iterator
@@ -40,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
 
 import aiohttp.web  # noqa: E402
 import workload  # noqa: E402
-from kube_emulator import FakeKubeApi  # noqa: E402
+from kube_emulator import ApiThread, FakeKubeApi, free_port, kubeconfig_file  # noqa: E402
 
 from webhook import certs  # noqa: E402
 
@@ -63,7 +60,7 @@ class BenchApi(FakeKubeApi):
     Same answers, same ``limit``/``continue`` paging; watches are the emulator's own.
     """
 
-    encoded: ClassVar[list[bytes]] = []  # set per instance by ApiThread.set_nodes
+    encoded: ClassVar[list[bytes]] = []  # set per instance by BenchApiThread.set_nodes
 
     async def _nodes(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         if request.query.get("watch") in ("true", "1") or len(self.encoded) != len(self.nodes):
@@ -79,27 +76,19 @@ class BenchApi(FakeKubeApi):
         return aiohttp.web.Response(body=body, content_type="application/json")
 
 
-class ApiThread:
-    """The emulated API on its own event loop in a thread (as tests/test_replicas.py)."""
+class BenchApiThread(ApiThread):
+    """The emulated API in a thread, with its Node list set in one step."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.api = BenchApi(keep_requests=False)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.api.up())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+        super().__init__(BenchApi(keep_requests=False))
 
     def set_nodes(self, count: int) -> None:
         nodes = {f"node-{i:05d}": workload.node(i) for i in range(count)}
-
         encoded = [json.dumps(n).encode() for n in nodes.values()]
 
         async def put() -> None:
             self.api.nodes = nodes
-            self.api.encoded = encoded
+            self.api.encoded = encoded  # type: ignore[attr-defined]
 
         self.call(put())
 
@@ -108,24 +97,6 @@ class ApiThread:
             self.api.leases.clear()
 
         self.call(clear())
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            await self.api.down()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.call(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Env:
@@ -136,13 +107,7 @@ class Env:
         certs.write_bundle(certs.generate("flannel-guard", NS, days=1, extra_ips=["127.0.0.1"]), tmp)
         self.ca = tmp / "ca.crt"
         self.ctx = ssl.create_default_context(cafile=str(self.ca))
-        self.kubeconfig = tmp / "kubeconfig"
-        self.kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-            "clusters": [{"name": "emu", "cluster": {"server": api_url}}],
-            "users": [{"name": "emu", "user": {"token": "bench"}}],
-            "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
-        }))
+        self.kubeconfig = kubeconfig_file(tmp / "kubeconfig", api_url)
 
 
 class Server:
@@ -150,7 +115,7 @@ class Server:
 
     def __init__(self, env: Env, argv: list[str], name: str) -> None:
         self.env = env
-        self.port = _free_port()
+        self.port = free_port()
         self.log = (env.tmp / f"{name}.log").open("wb")
         tls = ["--tls-cert", str(env.tmp / "tls.crt"), "--tls-key", str(env.tmp / "tls.key")]
         started = time.perf_counter()
@@ -321,7 +286,7 @@ def main() -> None:
     n1, n16, runs = args.requests, args.requests * 2, args.runs
     started = time.perf_counter()
     results: dict[str, Any] = {}
-    api = ApiThread()
+    api = BenchApiThread()
     try:
         with tempfile.TemporaryDirectory(prefix="flannel-guard-bench-") as tmp:
             env = Env(Path(tmp), api.api.url)

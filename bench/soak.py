@@ -39,7 +39,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -50,7 +49,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import httpx  # noqa: E402
 from conftest import flannel_configmap, net_conf, node, review  # noqa: E402
-from kube_emulator import FakeKubeApi  # noqa: E402
+from kube_emulator import ApiThread, free_port, kubeconfig_file, rss_kib  # noqa: E402
 from kube_emulator import node as api_node  # noqa: E402
 
 from webhook import certs  # noqa: E402
@@ -64,59 +63,6 @@ MASK = "28"  # 65,536 node CIDRs: next-fit never reaches the probes' 10.250.0.0/
 PINNED = 16  # nodes that never leave: the overlap denials point at them
 NS = "flannel-guard"
 OUT = ROOT / "bench" / "out" / "soak.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-class ApiThread:
-    """FakeKubeApi on its own event loop in a thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.api = FakeKubeApi(keep_requests=False)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.api.up())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    async def acall(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            await self.api.down()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.call(shutdown())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": url}}],
-        "users": [{"name": "emu", "user": {"token": "soak"}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
-    }))
-    return path
 
 
 def _bad_bodies() -> list[tuple[str, bytes, str, int]]:
@@ -363,10 +309,10 @@ def main() -> int:
             cidr = f"10.246.0.{i * 16}/28"
             soak.pinned[f"pinned-{i:02d}"] = cidr
             soak.api.call(soak.api.api.put_node(api_node(f"pinned-{i:02d}", cidr)))
-        port = _free_port()
+        port = free_port()
         log_path = work / "server.log"
         cmd = [sys.executable, "-m", "webhook", "serve", "--kubeconfig",
-               str(kubeconfig(work / "kubeconfig", soak.api.api.url)), "--port", str(port),
+               str(kubeconfig_file(work / "kubeconfig", soak.api.api.url)), "--port", str(port),
                "--tls-cert", str(work / "tls.crt"), "--tls-key", str(work / "tls.key"),
                "--cluster-cidr", CLUSTER_CIDR, "--node-cidr-mask-size", MASK, "--reservation-grace", "30",
                "--cert-reload-interval", "2"]

@@ -25,8 +25,11 @@ import contextlib
 import copy
 import json
 import random
+import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -34,16 +37,79 @@ import kmock
 import kubernetes.client
 
 __all__ = [
+    "ApiThread",
     "FakeKubeApi",
     "Seen",
     "client_for",
+    "free_port",
     "kcm_pod",
     "kmock_api",
     "kmock_put",
     "kube_proxy_configmap",
     "kubeadm_configmap",
+    "kubeconfig_file",
     "node",
+    "rss_kib",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def kubeconfig_file(path: Path, url: str) -> Path:
+    """Write a kubeconfig for a plain-HTTP loopback API at ``url`` to ``path``."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": url}}],
+        "users": [{"name": "emu", "user": {"token": "test"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+    }))
+    return path
+
+
+class ApiThread:
+    """A :class:`FakeKubeApi` on its own event loop in a thread, so server processes can reach it."""
+
+    def __init__(self, api: FakeKubeApi | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.api = api if api is not None else FakeKubeApi(keep_requests=False)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.api.up())
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        """Run ``coro`` on the API's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def acall(self, coro: Any) -> Any:
+        """Run ``coro`` on the API's loop and await it from another loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        """Stop serving, cancel what is pending on the loop (no stray tasks at exit), close it."""
+        async def shutdown() -> None:
+            await self.api.down()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call(shutdown(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def client_for(url: str) -> kubernetes.client.ApiClient:

@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,17 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kube_emulator import free_port
 
 from webhook import certs
 from webhook.constants import NAMESPACE, SERVICE
 
-__all__ = ["ServerProcess", "client_pair", "free_port", "serve"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ServerProcess", "client_pair", "serve"]
 
 
 @dataclass

@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import socket
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from doctor_cluster import SEED_LOG, DoctorKubeApi, apply_fix, flannel_configmap, seed_cluster
-from kube_emulator import client_for, kcm_pod, kube_proxy_configmap, kubeadm_configmap
+from kube_emulator import (
+    client_for,
+    free_port,
+    kcm_pod,
+    kube_proxy_configmap,
+    kubeadm_configmap,
+    kubeconfig_file,
+)
 
 from webhook import doctor
 from webhook.discovery import (
@@ -308,17 +314,6 @@ def test_json_output_carries_the_tables_and_the_fixes() -> None:
 # --- against an emulated API on 127.0.0.1 ---------------------------------------------------------
 
 
-def kubeconfig(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": url}}],
-        "users": [{"name": "emu", "user": {}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
-    }))
-    return path
-
-
 async def doctor_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = await asyncio.to_thread(doctor.main, ["doctor", *argv])
     out, err = capsys.readouterr()
@@ -332,7 +327,7 @@ def test_the_seed_cluster_is_diagnosed_and_its_fixes_make_it_healthy(
     async def scenario() -> None:
         async with DoctorKubeApi() as api:
             await seed_cluster(api)
-            config = str(kubeconfig(tmp_path, api.url))
+            config = str(kubeconfig_file(tmp_path / "kubeconfig", api.url))
             code, out, _ = await doctor_cli(capsys, "--kubeconfig", config)
             assert code == 1
             assert "ROOT CAUSE: kubeadm init ran without --pod-network-cidr" in out
@@ -395,18 +390,12 @@ def test_the_last_error_line_is_preferred_to_a_trailing_info_line() -> None:
                                                "kube-system/kube-flannel-cfg"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("output", ["text", "json"])
 def test_an_unreachable_api_exits_2_with_a_clear_message(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
-    code = doctor.main(["doctor", "--kubeconfig", str(kubeconfig(tmp_path, url)), "--output", output,
-                        "--timeout", "2"])
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = kubeconfig_file(tmp_path / "kubeconfig", url)
+    code = doctor.main(["doctor", "--kubeconfig", str(config), "--output", output, "--timeout", "2"])
     out, err = capsys.readouterr()
     assert code == 2
     assert f"cannot read the cluster: cannot reach the Kubernetes API at {url}: connection refused" in err

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import flannel_configmap, net_conf, node, review
+from kube_emulator import ApiThread, FakeKubeApi
 from kube_emulator import node as api_node
 from server_process import ServerProcess, serve
-from test_replicas import ApiThread, replicas
+from test_replicas import replicas
 
 from webhook import certs
 from webhook.constants import NAMESPACE, SERVICE
@@ -149,7 +150,7 @@ def test_api_restarts_dropped_watches_and_failing_lease_writes_lose_and_double_n
     included), every CIDR that no node holds is free again, so exactly the
     rest of the range can still be handed out.
     """
-    api = ApiThread(lease_fail_before=0.1, lease_fail_after=0.1)
+    api = ApiThread(FakeKubeApi(keep_requests=False, lease_fail_before=0.1, lease_fail_after=0.1))
     try:
         # 10.244.0.0/22 in /28s: 64 node CIDRs.
         with replicas(tmp_path, api.api.url, "--cluster-cidr", "10.244.0.0/22", "--node-cidr-mask-size", "28",

@@ -20,7 +20,6 @@ import ipaddress
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import pytest
 from conftest import flannel_configmap, make_view, node, review
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kube_emulator import free_port
 
 from webhook import certs
 from webhook.admission import BadReview, parse_review
@@ -348,17 +348,11 @@ class Server:
         return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("fuzz")
     certs.write_bundle(certs.generate(SERVICE, NAMESPACE, days=1, extra_ips=["127.0.0.1"]), tmp)
-    port = _free_port()
+    port = free_port()
     log = tmp / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

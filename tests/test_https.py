@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from conftest import FIXTURES, node, review
+from kube_emulator import free_port
 
 from webhook import certs
 from webhook.allocator import Allocator, MemoryStore
@@ -31,12 +32,6 @@ from webhook.settings import Settings
 from webhook.state import ClusterState
 
 SVC_DNS = f"{SERVICE}.{NAMESPACE}.svc"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:
@@ -58,7 +53,7 @@ def start(tmp: Path, cidr: str | None, mode: Mode = Mode.ENFORCE, *, fix: bool =
           store: MemoryStore | None = None, **overrides: object) -> Iterator[Running]:
     bundle = certs.generate(SERVICE, NAMESPACE, days=1)
     certs.write_bundle(bundle, tmp)
-    port = _free_port()
+    port = free_port()
     settings = Settings(host="127.0.0.1", port=port, tls_cert=tmp / "tls.crt", tls_key=tmp / "tls.key",
                         mode=mode, standalone=True, cluster_cidr=Settings.parse_cluster_cidr(cidr),
                         fix_network=fix, **overrides)  # type: ignore[arg-type]

@@ -14,11 +14,9 @@ import ipaddress
 import itertools
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,62 +24,21 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import node, review
-from kube_emulator import FakeKubeApi
+from kube_emulator import ApiThread, free_port, kubeconfig_file
 
 from webhook import certs
 
 NS = "flannel-guard"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ApiThread:
-    """FakeKubeApi on its own event loop in a thread, so server processes can reach it."""
-
-    def __init__(self, **kwargs: object) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.api = FakeKubeApi(keep_requests=False, **kwargs)  # type: ignore[arg-type]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.api.up(), self.loop).result(10)
-
-    def close(self) -> None:
-        async def shutdown() -> None:
-            await self.api.down()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-def kubeconfig(tmp: Path, url: str) -> Path:
-    path = tmp / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
-        "clusters": [{"name": "emu", "cluster": {"server": url}}],
-        "users": [{"name": "emu", "user": {"token": "test"}}],
-        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
-    }))
-    return path
-
-
 @contextlib.contextmanager
 def replicas(tmp: Path, api_url: str, *extra: str, count: int = 2) -> Iterator[list[str]]:
     certs.write_bundle(certs.generate("flannel-guard", NS, days=1, extra_ips=["127.0.0.1"]), tmp)
-    cfg = kubeconfig(tmp, api_url)
+    cfg = kubeconfig_file(tmp / "kubeconfig", api_url)
     procs, urls = [], []
     env = {**os.environ, "POD_NAMESPACE": NS}
     for i in range(count):
-        port = _free_port()
+        port = free_port()
         log = (tmp / f"replica-{i}.log").open("wb")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "webhook", "serve", "--kubeconfig", str(cfg), "--port", str(port),
