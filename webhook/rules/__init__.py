@@ -94,7 +94,8 @@ def decide(findings: list[Finding], mode: Mode, notes: tuple[str, ...] = ()) -> 
     warns = [f"flannel-guard: {f.summary}" for f in findings if f.severity is Severity.WARNING]
     warns.extend(f"flannel-guard: {n}" for n in notes)
     if errs and mode is Mode.ENFORCE:
-        message = "flannel-guard denied the request: " + " | ".join(f.text() for f in errs)
+        # kubectl already prints 'admission webhook "...flannel-guard.io" denied the request: '.
+        message = " | ".join(f.text() for f in errs)
         return Verdict(
             allowed=False,
             code=403,
