@@ -54,6 +54,7 @@ from webhook.rules.findings import ClusterView, Finding, RuleSettings, Severity
 from webhook.rules.fixnetwork import replace_top_level_value
 from webhook.rules.flannel import parse_net_conf
 from webhook.rules.node import review_node
+from webhook.settings import env_default
 
 __all__ = [
     "EXIT_FINDINGS",
@@ -1144,7 +1145,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
     src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     p.add_argument("--output", "-o", choices=["text", "json"], default="text")
-    p.add_argument("--cluster-cidr", default=None,
+    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"),
                    help="the cluster-cidr to check against, overriding every source (one CIDR or IPv4,IPv6)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds for each API call (default 5)")
 
