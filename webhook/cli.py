@@ -80,13 +80,14 @@ def _arch() -> str:
 
 
 def _rule_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"),
+    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"), metavar="CIDR[,CIDR]",
                    help="the cluster's pod CIDR, or an IPv4,IPv6 pair (env FLANNEL_GUARD_CLUSTER_CIDR)")
     p.add_argument("--node-cidr-mask-size", "--node-cidr-mask-size-ipv4", dest="mask_v4", type=int,
+                   metavar="N",
                    default=_int_or_none(env_default("node_cidr_mask_size")),
                    help="prefix length of each node's IPv4 podCIDR (default: kube-controller-manager's"
                         " flag when it can be read, else 24)")
-    p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int,
+    p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int, metavar="N",
                    default=_int_or_none(env_default("node_cidr_mask_size_ipv6")),
                    help="prefix length of each node's IPv6 podCIDR (default: as for IPv4, else 64)")
     p.add_argument("--network-match", choices=[m.value for m in NetworkMatch],
