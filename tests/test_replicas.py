@@ -13,58 +13,23 @@ import contextlib
 import ipaddress
 import itertools
 import json
-import os
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import node, review
-from kube_emulator import ApiThread, free_port, kubeconfig_file
-
-from webhook import certs
-
-NS = "flannel-guard"
+from kube_emulator import ApiThread, kubeconfig_file
+from server_process import serve
 
 
 @contextlib.contextmanager
 def replicas(tmp: Path, api_url: str, *extra: str, count: int = 2) -> Iterator[list[str]]:
-    certs.write_bundle(certs.generate("flannel-guard", NS, days=1, extra_ips=["127.0.0.1"]), tmp)
+    """``count`` server processes on one loopback API, sharing one CA; yields their URLs once ready."""
     cfg = kubeconfig_file(tmp / "kubeconfig", api_url)
-    procs, urls = [], []
-    env = {**os.environ, "POD_NAMESPACE": NS}
-    for i in range(count):
-        port = free_port()
-        log = (tmp / f"replica-{i}.log").open("wb")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", "--kubeconfig", str(cfg), "--port", str(port),
-             "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"), *extra],
-            env=env, stdout=subprocess.DEVNULL, stderr=log))
-        urls.append(f"https://127.0.0.1:{port}")
-    ctx = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
-    try:
-        deadline = time.monotonic() + 60
-        for url, proc in zip(urls, procs, strict=True):
-            while True:
-                assert proc.poll() is None, (tmp / "replica-0.log").read_text()[-2000:]
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", verify=ctx, timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "replica not ready"
-                time.sleep(0.1)
-        yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(serve(tmp, "--kubeconfig", str(cfg), *extra)).url for _ in range(count)]
 
 
 async def admit_all(urls: list[str], ca: Path, count: int) -> list[dict]:
