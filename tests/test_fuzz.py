@@ -273,7 +273,7 @@ def encode(doc: Any) -> bytes:
 @given(reviews())
 def test_parse_review_accepts_a_review_or_raises_bad_review(doc: dict[str, Any]) -> None:
     try:
-        _, request = parse_review(encode(doc))
+        request = parse_review(encode(doc))
     except BadReview as e:
         assert 400 <= e.status < 500 and 0 < len(str(e)) <= ERROR_MAX
         return

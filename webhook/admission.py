@@ -101,8 +101,8 @@ def _lone_surrogate(doc: object) -> bool:
     return False
 
 
-def parse_review(body: bytes) -> tuple[dict[str, Any], AdmissionRequest]:
-    """Parse a request body; return the envelope and the typed request, or raise :class:`BadReview`."""
+def parse_review(body: bytes) -> AdmissionRequest:
+    """Parse a request body into the typed request, or raise :class:`BadReview`."""
     if not body:
         raise BadReview("empty body: send an AdmissionReview admission.k8s.io/v1 as JSON")
     try:
@@ -136,7 +136,7 @@ def parse_review(body: bytes) -> tuple[dict[str, Any], AdmissionRequest]:
         request = AdmissionRequest.model_validate(raw)
     except ValidationError as e:
         raise BadReview(f"invalid AdmissionReview: {_describe(e)}") from None
-    return doc, request
+    return request
 
 
 def finish(uid: str, verdict: Verdict) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             return _bad(415, f"Content-Type must be application/json, got {ctype[:60]!r}", metrics)
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            _, adm = parse_review(body)
+            adm = parse_review(body)
         except BadReview as e:
             return _bad(e.status, str(e), metrics)
         verdict = await _run(webhook, reviewer, adm, metrics)
