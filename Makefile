@@ -36,7 +36,7 @@ run: certs
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) tools
+test: $(STAMP) tools debs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -44,6 +44,7 @@ clean:
 	rm -rf $(VENV) tools build *.egg-info .pytest_cache .ruff_cache .hypothesis
 
 include tools.mk
+include system.mk
 
 # Benchmarks and the soak run are measured, not asserted: not part of `make test`.
 bench: $(STAMP)
