@@ -326,6 +326,7 @@ class FakeKubeApi:
         self._seq = 0
         self._compacted = 0  # watches from a resourceVersion below this get 410
         self._history: list[_Event] = []
+        self._lease_history: list[_Event] = []  # Lease events, for watches of Leases
         self._cond = asyncio.Condition()
         self._generation = 0  # bumped by expire(): open watches end with 410
         self._streams: dict[int, aiohttp.web.BaseRequest] = {}
@@ -372,6 +373,7 @@ class FakeKubeApi:
         app.router.add_post(leases, self._lease_create)
         app.router.add_get(leases, self._lease_list)
         app.router.add_get(leases + "/{name}", self._lease_get)
+        app.router.add_put(leases + "/{name}", self._lease_replace)
         app.router.add_delete(leases + "/{name}", self._lease_delete)
 
     async def down(self) -> None:
@@ -465,27 +467,115 @@ class FakeKubeApi:
         ns = request.match_info["ns"]
         body = await request.json()
         name = body["metadata"]["name"]
-        if (ns, name) in self.leases:
-            return aiohttp.web.json_response(
-                self._status(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already exists'),
-                status=409)
-        self._rv += 1
-        body["metadata"].update({"namespace": ns, "resourceVersion": str(self._rv),
-                                 "uid": f"uid-{self._rv}", "creationTimestamp": "2026-11-27T05:00:00Z"})
-        self.leases[(ns, name)] = body
+        async with self._cond:  # check and insert under one lock: the create is exclusive
+            if (ns, name) in self.leases:
+                return aiohttp.web.json_response(
+                    self._status(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already exists'),
+                    status=409)
+            self._rv += 1
+            body["metadata"].update({"namespace": ns, "resourceVersion": str(self._rv),
+                                     "uid": f"uid-{self._rv}", "creationTimestamp": "2026-11-27T05:00:00Z"})
+            self.leases[(ns, name)] = body
+            self._lease_event("ADDED", body)
         if (failed := self._fault(request, "after")) is not None:
             return failed
         return aiohttp.web.json_response(body, status=201)
+
+    def _lease_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """Record a Lease event for open Lease watches (the caller holds ``self._cond``)."""
+        self._seq += 1
+        self._lease_history.append(_Event(self._seq, self._rv, {"type": kind, "object": copy.deepcopy(obj)}))
+        self._cond.notify_all()
+
+    async def _lease_replace(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        """PUT: a replace, conditional on metadata.resourceVersion when the body carries one (409)."""
+        self._seen(request)
+        if (failed := self._fault(request, "before")) is not None:
+            return failed
+        key = (request.match_info["ns"], request.match_info["name"])
+        body = await request.json()
+        async with self._cond:
+            stored = self.leases.get(key)
+            if stored is None:
+                return aiohttp.web.json_response(
+                    self._status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'),
+                    status=404)
+            wanted = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != stored["metadata"]["resourceVersion"]:
+                return aiohttp.web.json_response(self._status(
+                    409, "Conflict",
+                    f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}":'
+                    " the object has been modified; please apply your changes to the latest version"
+                    " and try again"), status=409)
+            self._rv += 1
+            meta = body.setdefault("metadata", {})
+            meta.update({"namespace": key[0], "name": key[1], "resourceVersion": str(self._rv),
+                         "uid": stored["metadata"]["uid"],
+                         "creationTimestamp": stored["metadata"]["creationTimestamp"]})
+            self.leases[key] = body
+            self._lease_event("MODIFIED", body)
+        if (failed := self._fault(request, "after")) is not None:
+            return failed
+        return aiohttp.web.json_response(body)
 
     async def _lease_list(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)
         ns = request.match_info["ns"]
         selector = request.query.get("labelSelector", "")
         wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
-        items = [copy.deepcopy(obj) for (n, _), obj in self.leases.items() if n == ns
-                 and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+
+        def matches(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return meta.get("namespace") == ns and all(
+                (meta.get("labels") or {}).get(k) == v for k, v in wanted.items())
+
+        if request.query.get("watch") in ("true", "1"):
+            return await self._lease_watch(request, matches)
+        items = [copy.deepcopy(obj) for (n, _), obj in self.leases.items() if n == ns and matches(obj)]
         return aiohttp.web.json_response({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
                                           "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    async def _lease_watch(self, request: aiohttp.web.Request, matches: Any) -> aiohttp.web.StreamResponse:
+        """A watch of Leases: every event after ``resourceVersion`` (ADDED for all, from 0)."""
+        start = int(request.query.get("resourceVersion") or 0)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        self._streams[id(request)] = request
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        generation = self._generation
+        try:
+            async with self._cond:
+                if not start:
+                    initial = [copy.deepcopy(o) for o in self.leases.values() if matches(o)]
+                    start = self._rv
+                else:
+                    initial = []
+                seq = next((e.seq - 1 for e in self._lease_history if e.rv > start), self._seq)
+            for obj in initial:
+                await resp.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+            while True:
+                async with self._cond:
+                    pending = [e for e in self._lease_history if e.seq > seq]
+                    if not pending:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0 or self._generation != generation:
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._cond.wait(), remaining)
+                        continue
+                for event in pending:
+                    seq = event.seq
+                    if matches(event.body["object"]):
+                        await resp.write(json.dumps(event.body).encode() + b"\n")
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._streams.pop(id(request), None)
+        return resp
 
     async def _lease_get(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)
@@ -500,9 +590,26 @@ class FakeKubeApi:
         if (failed := self._fault(request, "before")) is not None:
             return failed
         key = (request.match_info["ns"], request.match_info["name"])
-        if self.leases.pop(key, None) is None:
-            return aiohttp.web.json_response(
-                self._status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'), status=404)
+        options = await request.json() if request.can_read_body else {}
+        pre = (options or {}).get("preconditions") or {}
+        async with self._cond:
+            stored = self.leases.get(key)
+            if stored is None:
+                return aiohttp.web.json_response(
+                    self._status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'),
+                    status=404)
+            meta = stored["metadata"]
+            if (pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]) or (
+                    pre.get("uid") and pre["uid"] != meta["uid"]):
+                return aiohttp.web.json_response(self._status(
+                    409, "Conflict",
+                    f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}":'
+                    " Precondition failed"), status=409)
+            del self.leases[key]
+            self._rv += 1
+            self._lease_event("DELETED", stored | {"metadata": meta | {"resourceVersion": str(self._rv)}})
+        if (failed := self._fault(request, "after")) is not None:
+            return failed
         return aiohttp.web.json_response(self._status(200, "", "deleted") | {"status": "Success"})
 
     @staticmethod

@@ -58,7 +58,8 @@ def net(text: str) -> Any:
 def test_public_names_are_pinned() -> None:
     """The module exports exactly its documented API."""
     assert sorted(cluster.__all__) == sorted([
-        "STALENESS_BOUND", "NodeWatcher", "api_client", "apply_resolution", "discover", "staleness_note",
+        "STALENESS_BOUND", "NodeWatcher", "Reflector", "api_client", "apply_resolution", "discover",
+        "staleness_note",
     ])
 
 

@@ -105,14 +105,19 @@ def _cidr(resp: dict) -> ipaddress.IPv4Network | None:
 
 
 async def _admit(api: ApiThread, urls: list[str], ca: Path, names: list[str],
-                 during: list[tuple[float, str]] = ()) -> dict[str, ipaddress.IPv4Network | None]:
-    """Admit nodes on both replicas, 4 at a time; each admitted node is then created in the API."""
+                 during: list[tuple[int, str]] = ()) -> dict[str, ipaddress.IPv4Network | None]:
+    """Admit nodes on both replicas, 4 at a time; each admitted node is then created in the API.
+
+    ``during``: faults, each once the given number of admissions have been answered (events,
+    not timers: the same faults meet the same stretch of the run however loaded the machine is).
+    """
     got: dict[str, ipaddress.IPv4Network | None] = {}
     ctx = ssl.create_default_context(cafile=str(ca))
     sem = asyncio.Semaphore(4)
+    answered = 0
+    pending = sorted(during)
 
-    async def fault(at: float, what: str) -> None:
-        await asyncio.sleep(at)
+    async def fault(what: str) -> None:
         if what == "drop":
             api.loop.call_soon_threadsafe(api.api.drop_watches)
         elif what == "down":
@@ -122,22 +127,25 @@ async def _admit(api: ApiThread, urls: list[str], ca: Path, names: list[str],
 
     async with httpx.AsyncClient(verify=ctx, timeout=30) as client:
         async def one(i: int, name: str) -> None:
+            nonlocal answered
             async with sem:
                 body = review(node(name), "CREATE")
                 r = await client.post(f"{urls[i % 2]}/mutate", json=body)
                 assert r.status_code == 200
                 resp = r.json()["response"]
                 assert resp["uid"] == body["request"]["uid"]
-                assert resp["allowed"] is True or "holds 64 node CIDR(s)" in resp["status"]["message"]
+                assert resp["allowed"] is True
                 got[name] = cidr = _cidr(resp)
-                # The API server stores the Node as admitted (with the patch, if any).
+                # The API server stores the Node as admitted (with the patch, if any), unless it is down.
                 obj = api_node(name, str(cidr)) if cidr else api_node(name)
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(api.api.put_node(obj), api.loop))
-                await asyncio.sleep(0.02)
+                answered += 1
+                while pending and pending[0][0] <= answered:
+                    await fault(pending.pop(0)[1])
 
-        faults = [asyncio.create_task(fault(at, what)) for at, what in during]
         await asyncio.gather(*(one(i, n) for i, n in enumerate(names)))
-        await asyncio.gather(*faults)
+        for _, what in pending:
+            await fault(what)
     return got
 
 
@@ -156,10 +164,13 @@ def test_api_restarts_dropped_watches_and_failing_lease_writes_lose_and_double_n
         with replicas(tmp_path, api.api.url, "--cluster-cidr", "10.244.0.0/22", "--node-cidr-mask-size", "28",
                       "--reservation-grace", "3") as urls:
             first = asyncio.run(_admit(api, urls, tmp_path / "ca.crt", [f"a-{i:03d}" for i in range(40)],
-                                       during=[(0.2, "drop"), (0.5, "down"), (0.9, "up"), (1.3, "drop")]))
+                                       during=[(5, "drop"), (10, "down"), (16, "up"), (24, "drop")]))
             held = [c for c in first.values() if c is not None]
             assert len(held) == len(set(held)), "a CIDR was given twice"
-            assert len(held) >= 20, f"too few admissions succeeded: {len(held)}"
+            # Both kinds happened: nodes given a CIDR, and nodes admitted without one (API down,
+            # writes failing). Roughly 3 in 4 succeed; 10 is far below any plausible count.
+            assert len(held) >= 10, f"too few admissions succeeded: {len(held)}"
+            assert len(held) < 40, "no fault reached an admission"
             leased = {lease["metadata"]["annotations"]["flannel-guard.io/cidr"]
                       for lease in list(api.api.leases.values())}
             orphans = leased - {str(c) for c in held}

@@ -22,6 +22,7 @@ from sortedcontainers import SortedDict
 from webhook.allocator import Allocator, MemoryStore
 from webhook.cidr import IPNetwork, NodeCidrIndex
 from webhook.cidrset import CidrSet
+from webhook.claims import Claim
 from webhook.cluster import LIST_PAGE, NodeWatcher
 from webhook.state import ClusterState
 
@@ -180,9 +181,9 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.claims = 0
 
-    async def claim(self, cidr: IPNetwork, node: str) -> str:
+    async def create(self, cidr: IPNetwork, node: str) -> Claim:
         self.claims += 1
-        return await super().claim(cidr, node)
+        return await super().create(cidr, node)
 
 
 def test_the_allocator_writes_one_reservation_per_family_per_node():

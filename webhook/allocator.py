@@ -33,9 +33,11 @@ import structlog
 
 from webhook.cidr import IPNetwork, NodeCidrIndex
 from webhook.cidrset import CidrSet, DualStackAllocator, RangeExhaustedError
+from webhook.claims import Claim, ClaimBook
 
 __all__ = [
     "Allocator",
+    "ClaimStore",
     "MemoryStore",
     "RangeExhaustedError",
     "Reservation",
@@ -43,6 +45,7 @@ __all__ = [
     "StoreUnavailable",
     "lease_name",
     "node_hash",
+    "reclaim_expired",
 ]
 
 log = structlog.get_logger("flannel_guard.allocator")
@@ -51,36 +54,41 @@ LEASE_PREFIX = "podcidr-"
 
 
 class StoreUnavailable(Exception):
-    """Raised when a reservation cannot be read or written (the API is unreachable or refuses)."""
+    """Raised when a claim cannot be read or written (the API is unreachable or refuses)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A CIDR held for a node since ``created`` (seconds since the epoch)."""
+    """A CIDR held for a node since ``created`` (seconds since the epoch): what a reclaim freed."""
 
     cidr: IPNetwork
     node: str
     created: float
 
 
-class ReservationStore(Protocol):
-    """Where reservations live: the Kubernetes API (Leases), or memory in standalone mode."""
+class ClaimStore(Protocol):
+    """Where claims live: the Kubernetes API (Leases), or memory in standalone mode.
 
-    async def claim(self, cidr: IPNetwork, node: str) -> str:
-        """Create the reservation of ``cidr`` for ``node``; return who holds it now."""
+    Every method also records what it learns in :attr:`book`.
+    """
+
+    book: ClaimBook
+
+    async def create(self, cidr: IPNetwork, node: str) -> Claim:
+        """Claim ``cidr`` for ``node`` exclusively; return the claim that holds it now (maybe another's)."""
         ...
 
-    async def of_node(self, node: str) -> list[IPNetwork]:
-        """The CIDRs reserved for ``node``."""
+    async def renew(self, claim: Claim) -> Claim | None:
+        """Confirm ``claim`` and move its time on; None when it is gone or another holds it."""
         ...
 
-    async def all(self) -> list[Reservation]:
-        """Every reservation."""
+    async def delete(self, claim: Claim) -> bool:
+        """Delete ``claim`` if it is still that version; False when gone or changed."""
         ...
 
-    async def release(self, cidr: IPNetwork) -> None:
-        """Delete the reservation of ``cidr`` (absent is fine)."""
-        ...
+
+#: Kept for readers of older code: a reservation store is a claim store.
+ReservationStore = ClaimStore
 
 
 def lease_name(cidr: IPNetwork) -> str:
@@ -96,35 +104,57 @@ def node_hash(node: str) -> str:
 
 
 class MemoryStore:
-    """Reservations in this process's memory: ``--standalone`` mode, same rules as Leases."""
+    """Claims in this process's memory: ``--standalone`` mode, with the Leases' rules.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._held: dict[IPNetwork, Reservation] = {}
+    A create is exclusive (the first holder stays), versions count writes, and a
+    delete or renew of an older version fails as a conditional write to the API would.
+    """
+
+    def __init__(self, book: ClaimBook | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.book = book if book is not None else ClaimBook()
         self._clock = clock
+        self._writes = 0
 
-    async def claim(self, cidr: IPNetwork, node: str) -> str:
-        held = self._held.setdefault(cidr, Reservation(cidr, node, self._clock()))
-        return held.node
+    def _version(self) -> str:
+        self._writes += 1
+        return str(self._writes)
 
-    async def of_node(self, node: str) -> list[IPNetwork]:
-        return [r.cidr for r in self._held.values() if r.node == node]
+    async def create(self, cidr: IPNetwork, node: str) -> Claim:
+        held = self.book.get(cidr)
+        if held is not None:
+            return held
+        claim = Claim(cidr, node, self._clock(), uid=f"memory-{self._writes + 1}", version=self._version())
+        self.book.put(claim)
+        return claim
 
-    async def all(self) -> list[Reservation]:
-        return list(self._held.values())
+    async def renew(self, claim: Claim) -> Claim | None:
+        held = self.book.get(claim.cidr)
+        if held is None or held.node != claim.node:
+            return None
+        renewed = Claim(held.cidr, held.node, self._clock(), uid=held.uid, version=self._version())
+        self.book.put(renewed)
+        return renewed
 
-    async def release(self, cidr: IPNetwork) -> None:
-        self._held.pop(cidr, None)
+    async def delete(self, claim: Claim) -> bool:
+        held = self.book.get(claim.cidr)
+        if held is None or (claim.version and held.version != claim.version):
+            return False
+        return self.book.drop(claim.cidr)
 
 
 class Allocator:
-    """Assigns each Node one free CIDR per cluster-cidr family, reserved in a :class:`ReservationStore`."""
+    """Assigns each Node one free CIDR per cluster-cidr family, claimed in a :class:`ClaimStore`.
+
+    The free sets follow two sources: the stored Nodes (``index``) and the claims
+    known to this replica (``store.book``); a CIDR is free only when neither holds it.
+    """
 
     def __init__(
         self,
         cluster_cidr: Sequence[IPNetwork],
         *,
         index: NodeCidrIndex,
-        store: ReservationStore,
+        store: ClaimStore,
         mask_v4: int = 24,
         mask_v6: int = 64,
         grace: float = 600.0,
@@ -133,37 +163,70 @@ class Allocator:
         self._alloc = DualStackAllocator.from_index(cluster_cidr, index, mask_v4=mask_v4, mask_v6=mask_v6)
         self._index = index
         self._store = store
+        self._book = store.book
         self._grace = grace
         self._clock = clock
         self._lock = asyncio.Lock()
-        # Reservations this replica knows of (its own, and others' met as a 409 or in a reclaim pass).
-        self._reserved: dict[IPNetwork, str] = {}
+        self._alloc.occupy(c.cidr for c in self._book)
+        self._closed = False
         index.subscribe(self._on_index_change)
+        self._book.subscribe(self._on_claim_change)
 
     @property
     def sets(self) -> tuple[CidrSet, ...]:
         return self._alloc.sets
 
+    @property
+    def store(self) -> ClaimStore:
+        return self._store
+
+    def close(self) -> None:
+        """Stop following the index and the book (a replaced allocator: the cluster-cidr changed)."""
+        self._closed = True
+
     def _on_index_change(self, node: str, removed: tuple[IPNetwork, ...],
                          added: tuple[IPNetwork, ...]) -> None:
+        if self._closed:
+            return
         self._alloc.occupy(added)
         for cidr in removed:
             if cidr not in added:
                 self._free_if_unused(cidr)
+
+    def _on_claim_change(self, cidr: IPNetwork, held: bool) -> None:
+        if self._closed:
+            return
+        if held:
+            self._alloc.occupy([cidr])
+        else:
+            self._free_if_unused(cidr)
 
     def _free_if_unused(self, cidr: IPNetwork) -> None:
         """Release ``cidr`` in the sets, then re-occupy whatever still uses any part of it."""
         self._alloc.release([cidr])
         for _, other in self._index.overlapping(cidr, limit=1 << 20):
             self._alloc.occupy([other])
-        for held in self._reserved:
-            if held.version == cidr.version and held.overlaps(cidr):  # type: ignore[arg-type]
-                self._alloc.occupy([held])
+        for _, other in self._book.index.overlapping(cidr, limit=1 << 20):
+            self._alloc.occupy([other])
 
-    def preview(self) -> tuple[IPNetwork, ...]:
-        """The CIDRs the next assignment would try first (dry run: nothing is written)."""
+    def _held(self, node: str) -> dict[int, Claim]:
+        """The node's claims that fit the current sets, one per family."""
+        out: dict[int, Claim] = {}
+        for claim in self._book.of_node(node):
+            s = self._alloc.set_for(claim.cidr)
+            if s is None or claim.cidr.prefixlen != s.mask or not claim.cidr.subnet_of(s.cluster):  # type: ignore[arg-type]
+                continue
+            out.setdefault(claim.cidr.version, claim)
+        return out
+
+    def preview(self, node: str | None = None) -> tuple[IPNetwork, ...]:
+        """The CIDRs an assignment would give (dry run: nothing is written)."""
+        held = self._held(node) if node else {}
         out = []
         for s in self._alloc.sets:
+            if s.cluster.version in held:
+                out.append(held[s.cluster.version].cidr)
+                continue
             candidate = next(iter(s.candidates()), None)
             if candidate is None:
                 raise s.exhausted_error()
@@ -171,76 +234,65 @@ class Allocator:
         return tuple(out)
 
     async def assign(self, node: str, *, dry_run: bool = False) -> tuple[IPNetwork, ...]:
-        """One CIDR per family for ``node``, reserved before returning (unless ``dry_run``).
+        """One CIDR per family for ``node``, claimed before returning (unless ``dry_run``).
 
-        Raises :class:`RangeExhaustedError` when a family has no free CIDR left
-        and :class:`StoreUnavailable` when the reservation cannot be written.
+        A node that holds claims already (a retried admission, on this replica or
+        another) gets them back, each confirmed by a renewal. Raises
+        :class:`RangeExhaustedError` when a family has no free CIDR left and
+        :class:`StoreUnavailable` when a claim cannot be written; nothing this
+        call claimed is left behind then.
         """
-        existing = await self._store.of_node(node)
-        families = [s.cluster.version for s in self.sets]
-        if existing and {c.version for c in existing} >= set(families):
-            # A retried admission of the same node (on this replica or another): same answer.
-            ordered = tuple(next(c for c in existing if c.version == v) for v in families)
-            self._alloc.occupy(ordered)
-            return ordered
+        if dry_run:
+            return self.preview(node)
         async with self._lock:
-            if dry_run:
-                return self.preview()
+            held = self._held(node)
             won: list[IPNetwork] = []
+            created: list[IPNetwork] = []
             try:
                 for s in self._alloc.sets:
-                    earlier = next((c for c in existing if c.version == s.cluster.version), None)
-                    if earlier is not None:  # a family reserved by an attempt cut short
-                        self._alloc.occupy([earlier])
-                        won.append(earlier)
-                    else:
-                        won.append(await self._claim_one(s, node))
+                    earlier = held.get(s.cluster.version)
+                    if earlier is not None and (renewed := await self._store.renew(earlier)) is not None:
+                        won.append(renewed.cidr)
+                        continue
+                    cidr = await self._claim_one(s, node)
+                    created.append(cidr)
+                    won.append(cidr)
             except BaseException:
-                for cidr in won:
-                    with contextlib.suppress(StoreUnavailable):
-                        await self._store.release(cidr)
-                    self._reserved.pop(cidr, None)
-                    self._free_if_unused(cidr)
+                for cidr in created:
+                    claim = self._book.get(cidr)
+                    if claim is not None and claim.node == node:
+                        with contextlib.suppress(StoreUnavailable):
+                            await self._store.delete(claim)
                 raise
             return tuple(won)
 
     async def _claim_one(self, s: CidrSet, node: str) -> IPNetwork:
         for candidate in s.candidates():
-            holder = await self._store.claim(candidate, node)
-            self._reserved[candidate] = holder
+            claim = await self._store.create(candidate, node)
             s.take(candidate)
-            if holder == node:
+            if claim.node == node:
                 return candidate
-            log.info("cidr reserved by another", cidr=str(candidate), holder=holder[:253])
+            log.info("cidr claimed by another", cidr=str(candidate), holder=claim.node[:253])
         raise s.exhausted_error()
 
     async def reclaim(self) -> list[Reservation]:
-        """Delete reservations older than the grace period; free the CIDRs no node uses."""
-        now = self._clock()
-        reclaimed = []
-        for r in await self._store.all():
-            if now - r.created < self._grace:
-                self._reserved.setdefault(r.cidr, r.node)
-                self._alloc.occupy([r.cidr])
-                continue
-            await self._store.release(r.cidr)
-            async with self._lock:
-                self._reserved.pop(r.cidr, None)
-                used = self._index.overlapping(r.cidr, limit=1)
-                if not used:
-                    self._free_if_unused(r.cidr)
-            reclaimed.append(r)
-            log.info("reservation reclaimed", cidr=str(r.cidr), node=r.node[:253],
-                     node_has_it=bool(used))
-        return reclaimed
+        """Delete claims older than the grace period (:func:`reclaim_expired`)."""
+        return await reclaim_expired(self._store, self._index, self._grace, self._clock())
 
-    async def run_reclaimer(self, interval: float = 60.0) -> None:
-        """Reclaim every ``interval`` seconds until cancelled; errors never end the loop."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reclaim()
-            except StoreUnavailable as e:
-                log.warning("reclaim skipped: reservations unreadable", error=str(e)[:256])
-            except Exception:
-                log.exception("reclaim failed")
+
+async def reclaim_expired(store: ClaimStore, index: NodeCidrIndex, grace: float,
+                          now: float) -> list[Reservation]:
+    """Delete the claims older than ``grace`` seconds; the CIDRs no stored node uses become free.
+
+    Read from the book (kept by the Lease watch): no list call. Each delete is
+    conditional on the version seen, so a claim renewed meanwhile stays.
+    """
+    reclaimed = []
+    for claim in store.book:
+        if now - claim.since < grace:
+            continue
+        if await store.delete(claim):
+            used = bool(index.overlapping(claim.cidr, limit=1))
+            reclaimed.append(Reservation(claim.cidr, claim.node, claim.since))
+            log.info("claim reclaimed", cidr=str(claim.cidr), node=claim.node[:253], node_has_it=used)
+    return reclaimed

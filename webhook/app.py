@@ -24,6 +24,8 @@ from prometheus_client import (
 
 from webhook.admission import AdmissionRequest, BadReview, finish, parse_review
 from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.claimer import Claimer
+from webhook.claims import suggest_free
 from webhook.cluster import staleness_note
 from webhook.constants import (
     ROUTE_HEALTHZ,
@@ -32,10 +34,10 @@ from webhook.constants import (
     ROUTE_READYZ,
     ROUTE_VALIDATE,
 )
-from webhook.rules import ReviewInput, Verdict, decide, review
+from webhook.rules import ReviewInput, Severity, Verdict, claim_verdict, decide, review
 from webhook.rules.configmap import is_flannel_configmap
 from webhook.rules.fixnetwork import fix_network
-from webhook.rules.node import node_name, pod_cidrs
+from webhook.rules.node import claimed_cidrs, node_name, pod_cidrs
 from webhook.settings import Settings
 from webhook.state import ClusterState
 
@@ -70,6 +72,13 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.claims = Counter(
+            "flannel_guard_claims",
+            "PodCIDR claims of validated Node writes, by outcome (claimed, known, dry-run,"
+            " conflict, unavailable).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.internal_errors = Counter(
             "flannel_guard_internal_errors",
             "Reviews that raised inside flannel-guard (answered by failure stance).",
@@ -102,10 +111,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None = None,
-               allocator: Allocator | None = None) -> FastAPI:
+               allocator: Allocator | None = None, claimer: Claimer | None = None) -> FastAPI:
     """Build the ASGI app serving /validate, /mutate, /healthz, /readyz and /metrics.
 
-    ``allocator`` (mutating mode) gives Nodes without a podCIDR a free, reserved one.
+    ``allocator`` (mutating mode) gives Nodes without a podCIDR a free, claimed one;
+    ``claimer`` claims the podCIDRs of every validated write that sets them.
     """
     metrics = metrics or Metrics()
     app = FastAPI(title="flannel-guard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -113,6 +123,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     app.state.cluster = state
     # Set later by the server when the cluster-cidr becomes known (mutating mode).
     app.state.allocator = allocator
+    app.state.claimer = claimer
 
     def notes(view_notes: tuple[str, ...]) -> tuple[str, ...]:
         if not state.ready:
@@ -122,19 +133,33 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
 
     async def validate(req: ReviewInput) -> Verdict:
         view = state.view()
-        verdict = decide(review(req, view, settings.rules), settings.mode, notes(view.notes))
-        if settings.standalone and verdict.allowed and not req.dry_run and req.kind == "Node":
-            # Standalone: the index holds what this process admitted.
-            if req.operation == "DELETE":
-                state.forget_node(req.name or "")
-            else:
-                state.record_node(req.object)
+        findings = review(req, view, settings.rules)
+        verdict = decide(findings, settings.mode, notes(view.notes))
+        if req.kind != "Node" or not verdict.allowed:
+            return verdict
+        if req.operation == "DELETE":
+            if settings.standalone and not req.dry_run:
+                state.forget_node(req.name or "")  # its claims are released by the claimer
+            return verdict
+        claimer: Claimer | None = app.state.claimer
+        wanted = claimed_cidrs(req.operation, req.object, req.old_object)
+        if claimer is None or not wanted or any(f.severity is Severity.ERROR for f in findings):
+            return verdict
+        name = node_name(req.object)
+        outcome = await claimer.claim(name, wanted, dry_run=req.dry_run)
+        metrics.claims.labels(outcome.status).inc()
+        suggestion = (suggest_free(view.cluster_cidr, view.mask_for, state.index, claimer.book)
+                      if outcome.status == "conflict" else [])
+        verdict = claim_verdict(verdict, outcome, settings.mode, name, suggestion, settings.on_claim_failure)
+        if settings.standalone and verdict.allowed and outcome.ok and not req.dry_run:
+            # Standalone: the index holds what this process admitted and claimed, nothing else.
+            state.index.set(name, wanted)
         return verdict
 
     async def mutate(req: ReviewInput) -> Verdict:
         if req.kind == "Node" and app.state.allocator is not None:
-            if not state.ready:
-                # Without the node index a free CIDR cannot be told from a used one.
+            if not (state.ready and state.claims_ready):
+                # Without the node index and the claims a free CIDR cannot be told from a used one.
                 return Verdict(allowed=True, warnings=(
                     "flannel-guard: not ready (node index not loaded); no podCIDR assigned",))
             return await mutate_node(req, app.state.allocator, settings)
@@ -193,7 +218,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
 
     @app.get(ROUTE_READYZ)
     async def readyz() -> Response:
-        if state.ready:
+        if state.ready and state.claims_ready:
             return PlainTextResponse("ok")
         return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)
 
@@ -216,8 +241,10 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
     try:
         cidrs = await allocator.assign(name, dry_run=req.dry_run)
     except RangeExhaustedError as e:
-        return Verdict(allowed=False, code=403, reason="CIDRRangeExhausted",
-                       message=f"flannel-guard cannot give node {name} a podCIDR: {e}")
+        # As kube-controller-manager's range allocator: the Node registers without a podCIDR
+        # (it records CIDRNotAvailable); a denial would keep the node out of the cluster.
+        return Verdict(allowed=True, warnings=(
+            f"flannel-guard: no free podCIDR for node {name[:60]}: {e}"[:256],))
     except StoreUnavailable as e:
         text = (f"flannel-guard could not reserve a podCIDR for node {name} ({str(e)[:120]});"
                 " the node has none until one is assigned")

@@ -29,6 +29,7 @@ __all__ = [
     "NodeCidrIndex",
     "ParsedCidr",
     "family_name",
+    "first_free_in",
     "last_address",
     "parse_cidr",
     "parse_cidr_list",
@@ -358,12 +359,9 @@ class NodeCidrIndex:
     def first_free(self, within: IPNetwork, prefixlen: int) -> IPNetwork | None:
         """The lowest subnet of ``within`` of length ``prefixlen`` that overlaps no indexed CIDR.
 
-        Used to suggest a fix in a denial message. Skips over each occupied
-        range at once, so it costs O(k log n) for k occupied ranges in front of
-        the first gap, not one probe per candidate.
+        Used to suggest a fix in a denial message (:func:`first_free_in` with this index alone).
         """
-        if prefixlen < within.prefixlen or prefixlen > within.max_prefixlen:
-            return None
+        return first_free_in(within, prefixlen, (self,))
         bits = within.max_prefixlen
         step = 1 << (bits - prefixlen)
         candidate = int(within.network_address)
@@ -378,3 +376,29 @@ class NodeCidrIndex:
             # Next aligned candidate at or after the end of the blocking CIDR.
             candidate = max(candidate + step, (past + step - 1) // step * step)
         return None
+
+
+def first_free_in(within: IPNetwork, prefixlen: int,
+                  indexes: Iterable[NodeCidrIndex]) -> IPNetwork | None:
+    """The lowest subnet of ``within`` of length ``prefixlen`` overlapping nothing in any of ``indexes``.
+
+    Skips over each occupied range at once, so it costs O(k log n) for k occupied
+    ranges in front of the first gap, not one probe per candidate. Several indexes:
+    the stored nodes' CIDRs and the claims in flight are kept apart but both occupy.
+    """
+    if prefixlen < within.prefixlen or prefixlen > within.max_prefixlen:
+        return None
+    sources = tuple(indexes)
+    bits = within.max_prefixlen
+    step = 1 << (bits - prefixlen)
+    candidate = int(within.network_address)
+    last = last_address(within)
+    while candidate + step - 1 <= last:
+        net = _make(within.version, candidate, prefixlen)
+        blocker = next((hit[0][1] for index in sources if (hit := index.overlapping(net, limit=1))), None)
+        if blocker is None:
+            return net
+        past = last_address(blocker) + 1
+        # Next aligned candidate at or after the end of the blocking CIDR.
+        candidate = max(candidate + step, (past + step - 1) // step * step)
+    return None

@@ -146,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
                        default=env_default("on_reservation_failure", "admit"),
                        help="when the reservation cannot be written: admit the Node without a podCIDR"
                             " (default, never blocks registration) or deny it")
+    serve.add_argument("--on-claim-failure", choices=["deny", "admit"],
+                       default=env_default("on_claim_failure", "deny"),
+                       help="when the claim of a podCIDR being written cannot be stored: deny the write"
+                            " (default: the writer retries; a duplicate is never admitted) or admit it"
+                            " with a warning")
     serve.add_argument("--reservation-grace", type=float,
                        default=float(env_default("reservation_grace", "600") or 600),
                        help="seconds before a reservation is reclaimed (default 600)")
@@ -243,6 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cluster_cidr=_cidr_arg(cidr_text), mask_v4=args.mask_v4, mask_v6=args.mask_v6,
         rules=_rule_settings(args, Severity.ERROR), log_level=args.log_level,
         allocate=args.allocate == "on", on_reservation_failure=args.on_reservation_failure,
+        on_claim_failure=args.on_claim_failure,
         reservation_grace=args.reservation_grace, fix_network=args.fix_network,
         namespace=args.namespace, cert_reload_interval=args.cert_reload_interval,
         shutdown_delay=args.shutdown_delay,

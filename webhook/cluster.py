@@ -64,6 +64,7 @@ from webhook.state import ClusterState
 __all__ = [
     "STALENESS_BOUND",
     "NodeWatcher",
+    "Reflector",
     "api_client",
     "apply_resolution",
     "discover",
@@ -208,7 +209,9 @@ def staleness_note(state: ClusterState, now: float, bound: float = STALENESS_BOU
     age = now - state.last_sync
     if age <= bound:
         return None
-    return (f"flannel-guard has not heard from the Kubernetes API for {int(age)}s: judged against"
+    # Rounded, not truncated: 301 s after a sync on the monotonic clock can be 300.99... (float
+    # arithmetic on a large clock value), which is 301 s, not 300.
+    return (f"has not heard from the Kubernetes API for {round(age)}s: judged against"
             " the last known cluster-cidr and node podCIDRs")
 
 
@@ -246,19 +249,21 @@ def _lines(resp: Any) -> Iterator[bytes]:
         yield buffer
 
 
-class NodeWatcher:
-    """List + watch Nodes into ``state.index``; :meth:`run` until :meth:`stop` (or ``max_cycles``).
+class Reflector:
+    """List + watch one kind of object into memory; :meth:`run` until :meth:`stop` (or ``max_cycles``).
 
     One *cycle* is a list when needed, then one watch request until it ends
     (server timeout, dropped connection, 410, error). Failures back off with
     ``min(backoff_max, backoff_initial * 2**(n-1))`` scaled by a jitter in
-    [0.5, 1); a 410 relists at once.
+    [0.5, 1); a 410 relists at once. Subclasses say what to call and how to
+    apply what arrives (:class:`NodeWatcher`, :class:`webhook.leases.LeaseWatcher`).
     """
+
+    #: What is watched, for log lines.
+    what = "objects"
 
     def __init__(
         self,
-        api: kubernetes.client.ApiClient,
-        state: ClusterState,
         *,
         timeout_seconds: int = 290,
         request_timeout: float = 10.0,
@@ -266,8 +271,6 @@ class NodeWatcher:
         backoff_max: float = 30.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
-        self._state = state
         self._timeout_seconds = timeout_seconds
         self._request_timeout = request_timeout
         self._backoff_initial = backoff_initial
@@ -278,12 +281,41 @@ class NodeWatcher:
         self._response: Any = None
         self._gone_streak = 0  # 410s in a row without an event in between
         self._lock = threading.Lock()
+        #: Set once the first list has been applied.
+        self.synced = asyncio.Event()
         #: Counters for tests and metrics.
         self.cycles = 0
         self.lists = 0
         self.failures = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _call(self, **kwargs: Any) -> Any:
+        """The list (or, with ``watch=True``, watch) request, raw (``_preload_content=False``)."""
+        raise NotImplementedError
+
+    def _parse(self, obj: dict[str, Any]) -> Any:
+        """One object reduced to what is kept (None: nothing to keep). Worker thread."""
+        raise NotImplementedError
+
+    def _key(self, obj: dict[str, Any]) -> Any:
+        """What a DELETED event removes. Worker thread."""
+        raise NotImplementedError
+
+    def _replace(self, entries: list[Any]) -> None:
+        """A (re)list: make memory exactly ``entries``. Event loop thread."""
+        raise NotImplementedError
+
+    def _upsert(self, entry: Any) -> None:
+        raise NotImplementedError
+
+    def _delete(self, key: Any) -> None:
+        raise NotImplementedError
+
+    def _confirmed(self) -> None:
+        """The API answered (a list, an event, a bookmark, a clean end of a watch)."""
 
     @property
     def resource_version(self) -> str | None:
@@ -305,7 +337,7 @@ class NodeWatcher:
             try:
                 await self._cycle()
             except _Gone:
-                log.info("node watch: resourceVersion expired (410); relisting")
+                log.info("%s watch: resourceVersion expired (410); relisting", self.what)
                 self._resource_version = None
                 self._gone_streak += 1
                 if self._gone_streak > 1:  # 410 right after a relist: do not spin
@@ -316,7 +348,7 @@ class NodeWatcher:
                 self.consecutive_failures += 1
                 self.last_error = _why(e)
                 delay = self._delay(self.consecutive_failures)
-                log.warning("node watch failed (%s); retrying in %.1fs", self.last_error, delay)
+                log.warning("%s watch failed (%s); retrying in %.1fs", self.what, self.last_error, delay)
                 if isinstance(e, ApiException) and e.status == 410:
                     self._resource_version = None
                     self._gone_streak += 1
@@ -339,37 +371,38 @@ class NodeWatcher:
     async def _cycle(self) -> None:
         if self._resource_version is None:
             rv, entries = await asyncio.to_thread(self._list)
-            self._state.index.replace_all(entries)
+            self._replace(entries)
             self._resource_version = rv
             self.lists += 1
-            self._state.mark_synced()
+            self._confirmed()
+            self.synced.set()
             self.consecutive_failures = 0
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._watch, lambda ev: loop.call_soon_threadsafe(self._apply, ev))
         # The server ended the watch cleanly (timeoutSeconds): the API is there.
-        self._state.mark_synced()
+        self._confirmed()
 
-    def _list(self) -> tuple[str, list[Entry]]:
-        """GET /api/v1/nodes as raw JSON, in pages of :data:`LIST_PAGE` (worker thread).
+    def _list(self) -> tuple[str, list[Any]]:
+        """The list as raw JSON, in pages of :data:`LIST_PAGE` (worker thread).
 
         Pages keep the peak memory to one page of Node objects (a 15,000-node
         list is some 60 MB of JSON, several times that parsed); each is reduced
         to entries and dropped. The pages are one consistent snapshot (the API
         server's ``continue``); an expired token is a 410 and the list starts over.
         """
-        entries: list[Entry] = []
+        entries: list[Any] = []
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": LIST_PAGE}
             if token:
                 kwargs["_continue"] = token
-            resp = self._core.list_node(
+            resp = self._call(
                 _preload_content=False, _request_timeout=(self._request_timeout, self._request_timeout),
                 **kwargs)
             doc = json.loads(resp.data)
             del resp
             meta = doc.get("metadata") or {}
-            entries.extend(e for e in map(_entry, _items(doc)) if e is not None)
+            entries.extend(e for e in map(self._parse, _items(doc)) if e is not None)
             token = meta.get("continue")
             if not token:
                 return str(meta.get("resourceVersion") or ""), entries
@@ -380,7 +413,7 @@ class NodeWatcher:
         Events are parsed here and applied on the loop's thread through ``deliver``.
         Returns when the server ends the stream; raises on errors, :class:`_Gone` on 410.
         """
-        resp = self._core.list_node(
+        resp = self._call(
             watch=True,
             resource_version=self._resource_version or None,
             allow_watch_bookmarks=True,
@@ -407,9 +440,9 @@ class NodeWatcher:
                         raise _Gone()
                     raise ApiException(status=code or 500, reason=_trim(obj.get("message") or "watch ERROR"))
                 if kind in ("ADDED", "MODIFIED"):
-                    deliver(("set", _entry(obj), rv))
+                    deliver(("set", self._parse(obj), rv))
                 elif kind == "DELETED":
-                    deliver(("remove", node_name(obj), rv))
+                    deliver(("remove", self._key(obj), rv))
                 elif kind == "BOOKMARK":
                     deliver(("bookmark", None, rv))
         except (urllib3.exceptions.HTTPError, OSError):
@@ -431,9 +464,41 @@ class NodeWatcher:
             return
         self._gone_streak = 0
         if what == "set" and payload is not None:
-            self._state.index.set(*payload)
+            self._upsert(payload)
         elif what == "remove" and payload:
-            self._state.index.remove(payload)
+            self._delete(payload)
         if rv:
             self._resource_version = str(rv)
+        self._confirmed()
+
+
+class NodeWatcher(Reflector):
+    """List + watch Nodes into ``state.index`` (name and podCIDRs only, never whole objects)."""
+
+    what = "node"
+
+    def __init__(self, api: kubernetes.client.ApiClient, state: ClusterState, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._state = state
+
+    def _call(self, **kwargs: Any) -> Any:
+        return self._core.list_node(**kwargs)
+
+    def _parse(self, obj: dict[str, Any]) -> Entry | None:
+        return _entry(obj)
+
+    def _key(self, obj: dict[str, Any]) -> str:
+        return node_name(obj)
+
+    def _replace(self, entries: list[Any]) -> None:
+        self._state.index.replace_all(entries)
+
+    def _upsert(self, entry: Any) -> None:
+        self._state.index.set(*entry)
+
+    def _delete(self, key: Any) -> None:
+        self._state.index.remove(key)
+
+    def _confirmed(self) -> None:
         self._state.mark_synced()

@@ -1,9 +1,14 @@
-"""Reservations as ``coordination.k8s.io/v1`` Leases: the ReservationStore of a real cluster.
+"""Claims as ``coordination.k8s.io/v1`` Leases: the claim store of a real cluster, and its watch.
 
-One Lease per reserved CIDR, named by :func:`~webhook.allocator.lease_name`, in
-the webhook's own namespace. The API server's create is exclusive: a second
-create of the same name answers 409 AlreadyExists, whoever sent it. That is the
-whole of the cross-replica protocol; nothing here is trusted in memory.
+One Lease per claimed CIDR, named by :func:`~webhook.allocator.lease_name`, in
+the webhook's own namespace, its holder the node's name. The API server's create
+is exclusive: a second create of the same name answers 409 AlreadyExists,
+whoever sent it. That is the whole of the cross-replica protocol.
+
+:class:`LeaseStore` writes (create, renew, conditional delete) and puts what
+each write tells into the replica's :class:`~webhook.claims.ClaimBook` at once;
+:class:`LeaseWatcher` keeps the same book current with every other replica's
+writes by a list + watch, so that a review reads claims without a round trip.
 
 Every call runs in a worker thread with a timeout (the kubernetes client is
 synchronous) and reads raw JSON (``_preload_content=False``). An API error other
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,20 +28,23 @@ import kubernetes.client
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.allocator import Reservation, StoreUnavailable, lease_name, node_hash
+from webhook.allocator import StoreUnavailable, lease_name, node_hash
 from webhook.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.claims import Claim, ClaimBook, newer
+from webhook.cluster import Reflector
 
-__all__ = ["LABEL_MANAGED", "LeaseStore"]
+__all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
 
 LABEL_MANAGED = ("app.kubernetes.io/managed-by", "flannel-guard")
 LABEL_NODE_HASH = "flannel-guard.io/node-hash"
 ANNOTATION_NODE = "flannel-guard.io/node"
 ANNOTATION_CIDR = "flannel-guard.io/cidr"
+SELECTOR = f"{LABEL_MANAGED[0]}={LABEL_MANAGED[1]}"
 _TIMEOUT = (3.0, 5.0)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _format(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_time(text: object) -> float:
@@ -47,26 +56,37 @@ def _parse_time(text: object) -> float:
         return 0.0
 
 
-def _reservation(lease: dict[str, Any]) -> Reservation | None:
-    meta = lease.get("metadata") or {}
-    spec = lease.get("spec") or {}
-    annotations = meta.get("annotations") or {}
+def claim_of(lease: object) -> Claim | None:
+    """The claim a Lease object records (None for a Lease that is not one of ours, or is damaged)."""
+    if not isinstance(lease, dict):
+        return None
+    meta = lease.get("metadata") if isinstance(lease.get("metadata"), dict) else {}
+    spec = lease.get("spec") if isinstance(lease.get("spec"), dict) else {}
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+    text = annotations.get(ANNOTATION_CIDR)
+    if not isinstance(text, str):
+        return None
     try:
-        cidr = parse_cidr(annotations.get(ANNOTATION_CIDR, "")).network
+        cidr = parse_cidr(text).network
     except CidrError:
         return None
     node = spec.get("holderIdentity") or annotations.get(ANNOTATION_NODE) or ""
-    created = _parse_time(spec.get("acquireTime")) or _parse_time(meta.get("creationTimestamp"))
-    return Reservation(cidr=cidr, node=str(node), created=created)
+    since = (_parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
+             or _parse_time(meta.get("creationTimestamp")))
+    return Claim(cidr=cidr, node=str(node)[:253], since=since, uid=str(meta.get("uid") or ""),
+                 version=str(meta.get("resourceVersion") or ""))
 
 
 class LeaseStore:
-    """Reservations kept as Leases in ``namespace``."""
+    """Claims kept as Leases in ``namespace``; every answer also updates ``book``."""
 
-    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, *, duration: int = 600) -> None:
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, book: ClaimBook, *,
+                 duration: int = 600, clock: Any = None) -> None:
         self._api = kubernetes.client.CoordinationV1Api(api)
         self._namespace = namespace
         self._duration = duration
+        self.book = book
+        self._clock = clock or time.time
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -81,7 +101,8 @@ class LeaseStore:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise StoreUnavailable(f"Kubernetes API unreachable: {type(e).__name__}: {str(e)[:160]}") from e
 
-    def _body(self, cidr: IPNetwork, node: str) -> dict[str, Any]:
+    def _body(self, cidr: IPNetwork, node: str, at: float) -> dict[str, Any]:
+        stamp = _format(at)
         return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -91,15 +112,27 @@ class LeaseStore:
                 "labels": {LABEL_MANAGED[0]: LABEL_MANAGED[1], LABEL_NODE_HASH: node_hash(node)},
                 "annotations": {ANNOTATION_NODE: node, ANNOTATION_CIDR: str(cidr)},
             },
-            "spec": {"holderIdentity": node, "acquireTime": _now(),
+            "spec": {"holderIdentity": node, "acquireTime": stamp, "renewTime": stamp,
                      "leaseDurationSeconds": self._duration},
         }
 
-    async def claim(self, cidr: IPNetwork, node: str) -> str:
+    def _learn(self, doc: dict[str, Any]) -> Claim | None:
+        claim = claim_of(doc)
+        if claim is not None and newer(claim, self.book.get(claim.cidr)):
+            self.book.put(claim)
+        return claim
+
+    async def create(self, cidr: IPNetwork, node: str) -> Claim:
+        """Claim ``cidr`` for ``node``: our new claim, or whoever holds it already (409)."""
         for _ in range(3):
             try:
-                await self._call(self._api.create_namespaced_lease, self._namespace, self._body(cidr, node))
-                return node
+                doc = await self._call(self._api.create_namespaced_lease, self._namespace,
+                                       self._body(cidr, node, self._clock()))
+                claim = self._learn(doc)
+                if claim is None:  # an API that answers without the object: trust our own body
+                    claim = Claim(cidr, node, self._clock())
+                    self.book.put(claim)
+                return claim
             except ApiException as e:
                 if e.status != 409:
                     raise _unavailable("create", e) from e
@@ -109,35 +142,99 @@ class LeaseStore:
                 if e.status == 404:
                     continue  # reclaimed between our create and our read: try again
                 raise _unavailable("read", e) from e
-            found = _reservation(held)
-            return found.node if found else "(unknown holder)"
+            found = self._learn(held)
+            return found or Claim(cidr, "(unknown holder)", 0.0)
         raise StoreUnavailable(f"Lease {lease_name(cidr)} keeps appearing and disappearing")
 
-    async def _list(self, selector: str) -> list[Reservation]:
+    async def renew(self, claim: Claim) -> Claim | None:
+        """Confirm ``claim`` still stands and move its time on (None: it is gone or changed hands).
+
+        A replace conditional on the Lease's resourceVersion: a concurrent release of
+        the same Lease (:meth:`delete` with the older version) then fails instead.
+        """
+        for attempt in range(2):
+            body = self._body(claim.cidr, claim.node, self._clock())
+            if claim.version:
+                body["metadata"]["resourceVersion"] = claim.version
+            try:
+                doc = await self._call(self._api.replace_namespaced_lease, lease_name(claim.cidr),
+                                       self._namespace, body)
+                return self._learn(doc)
+            except ApiException as e:
+                if e.status == 404:
+                    self.book.drop(claim.cidr, uid=claim.uid)
+                    return None
+                if e.status != 409:
+                    raise _unavailable("renew", e) from e
+            # 409: our version is old (another replica renewed it): read, and renew once more if
+            # the node still holds it.
+            try:
+                held = claim_of(await self._call(self._api.read_namespaced_lease,
+                                                 lease_name(claim.cidr), self._namespace))
+            except ApiException as e:
+                if e.status == 404:
+                    self.book.drop(claim.cidr, uid=claim.uid)
+                    return None
+                raise _unavailable("read", e) from e
+            if held is None or held.node != claim.node or attempt:
+                return None
+            claim = held
+        return None
+
+    async def delete(self, claim: Claim) -> bool:
+        """Delete the Lease of ``claim``, only if it is still that version (False: gone or changed)."""
+        options: dict[str, Any] = {}
+        if claim.version or claim.uid:
+            pre: dict[str, str] = {}
+            if claim.version:
+                pre["resourceVersion"] = claim.version
+            if claim.uid:
+                pre["uid"] = claim.uid
+            options = {"preconditions": pre}
         try:
-            doc = await self._call(self._api.list_namespaced_lease, self._namespace, label_selector=selector)
+            await self._call(self._api.delete_namespaced_lease, lease_name(claim.cidr), self._namespace,
+                             body=options or None)
         except ApiException as e:
-            raise _unavailable("list", e) from e
-        out = []
-        for item in doc.get("items") or []:
-            r = _reservation(item) if isinstance(item, dict) else None
-            if r is not None:
-                out.append(r)
-        return out
+            if e.status == 404:
+                self.book.drop(claim.cidr, uid=claim.uid)
+                return False
+            if e.status == 409:
+                return False
+            raise _unavailable("delete", e) from e
+        self.book.drop(claim.cidr, uid=claim.uid)
+        return True
 
-    async def of_node(self, node: str) -> list[IPNetwork]:
-        selector = f"{LABEL_MANAGED[0]}={LABEL_MANAGED[1]},{LABEL_NODE_HASH}={node_hash(node)}"
-        return [r.cidr for r in await self._list(selector) if r.node == node]
 
-    async def all(self) -> list[Reservation]:
-        return await self._list(f"{LABEL_MANAGED[0]}={LABEL_MANAGED[1]}")
+class LeaseWatcher(Reflector):
+    """List + watch flannel-guard's Leases in ``namespace`` into ``book``."""
 
-    async def release(self, cidr: IPNetwork) -> None:
-        try:
-            await self._call(self._api.delete_namespaced_lease, lease_name(cidr), self._namespace)
-        except ApiException as e:
-            if e.status != 404:
-                raise _unavailable("delete", e) from e
+    what = "lease"
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, book: ClaimBook,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._api = kubernetes.client.CoordinationV1Api(api)
+        self._namespace = namespace
+        self._book = book
+
+    def _call(self, **kwargs: Any) -> Any:
+        return self._api.list_namespaced_lease(self._namespace, label_selector=SELECTOR, **kwargs)
+
+    def _parse(self, obj: dict[str, Any]) -> Claim | None:
+        return claim_of(obj)
+
+    def _key(self, obj: dict[str, Any]) -> Claim | None:
+        return claim_of(obj)
+
+    def _replace(self, entries: list[Any]) -> None:
+        self._book.replace_all(entries)
+
+    def _upsert(self, entry: Any) -> None:
+        if newer(entry, self._book.get(entry.cidr)):
+            self._book.put(entry)
+
+    def _delete(self, key: Any) -> None:
+        self._book.drop(key.cidr, uid=key.uid)
 
 
 def _unavailable(verb: str, e: ApiException) -> StoreUnavailable:

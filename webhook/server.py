@@ -19,11 +19,13 @@ import structlog
 import uvicorn
 from kubernetes.client import ApiClient
 
-from webhook.allocator import Allocator, MemoryStore, ReservationStore
+from webhook.allocator import Allocator, ClaimStore, MemoryStore
 from webhook.app import create_app
 from webhook.certs import CertReloader, server_ssl_context
+from webhook.claimer import Claimer
+from webhook.claims import ClaimBook
 from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover
-from webhook.leases import LeaseStore
+from webhook.leases import LeaseStore, LeaseWatcher
 from webhook.settings import Settings
 from webhook.state import ClusterState
 
@@ -70,11 +72,14 @@ class _Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def build_server(settings: Settings, state: ClusterState,
-                 allocator: Allocator | None = None) -> tuple[_Server, CertReloader]:
+def build_server(settings: Settings, state: ClusterState, allocator: Allocator | None = None,
+                 claimer: Claimer | None = None) -> tuple[_Server, CertReloader]:
     """A uvicorn server over HTTPS with flannel-guard's own TLS context."""
     assert settings.tls_cert and settings.tls_key
-    app = create_app(settings, state, allocator=allocator)
+    if claimer is None:  # claims in memory, shared with the allocator's (standalone, tests)
+        claimer = Claimer(allocator.store if allocator is not None else MemoryStore(), state.index,
+                          grace=settings.reservation_grace)
+    app = create_app(settings, state, allocator=allocator, claimer=claimer)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -111,18 +116,31 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                          mask_v4=settings.mask_v4 or 24, mask_v6=settings.mask_v6 or 64)
     tasks: list[asyncio.Task[None]] = []
     api = None
-    watcher = None
-    store: ReservationStore
+    watchers: list[NodeWatcher | LeaseWatcher] = []
+    store: ClaimStore
+    book = ClaimBook()
     if settings.standalone:
-        state.mark_synced()
-        store = MemoryStore()
+        # No API to hear from: ready at once, and never "stale" (no last_sync).
+        state.ready = True
+        store = MemoryStore(book)
     else:
         api = api_client(settings.kubeconfig, settings.in_cluster)
         await _discover(api, settings, state)
-        watcher = NodeWatcher(api, state)
-        tasks.append(asyncio.create_task(watcher.run()))
-        store = LeaseStore(api, settings.namespace, duration=int(settings.reservation_grace))
-    server, reloader = build_server(settings, state)
+        state.claims_ready = False
+        leases = LeaseWatcher(api, settings.namespace, book)
+        watchers = [NodeWatcher(api, state), leases]
+        tasks.extend(asyncio.create_task(w.run()) for w in watchers)
+
+        async def claims_listed() -> None:
+            await leases.synced.wait()
+            state.claims_ready = True
+        tasks.append(asyncio.create_task(claims_listed()))
+        store = LeaseStore(api, settings.namespace, book, duration=int(settings.reservation_grace))
+    # A claim younger than this is the node's own without a write (well inside the grace).
+    claimer = Claimer(store, state.index, fresh=min(60.0, settings.reservation_grace / 4),
+                      grace=settings.reservation_grace)
+    tasks.append(asyncio.create_task(claimer.run_reclaimer(min(60.0, settings.reservation_grace))))
+    server, reloader = build_server(settings, state, claimer=claimer)
     app = server.config.app
 
     def ensure_allocator() -> None:
@@ -132,8 +150,6 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                                   mask_v4=state.mask_v4, mask_v6=state.mask_v6,
                                   grace=settings.reservation_grace)
             app.state.allocator = allocator
-            tasks.append(asyncio.create_task(
-                allocator.run_reclaimer(min(60.0, settings.reservation_grace))))
 
     ensure_allocator()
     tasks.append(asyncio.create_task(reloader.run(settings.cert_reload_interval)))
@@ -146,8 +162,8 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         await server.serve()
     finally:
         state.ready = False
-        if watcher is not None:
-            watcher.stop()
+        for w in watchers:
+            w.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

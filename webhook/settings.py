@@ -50,6 +50,9 @@ class Settings:
     # When the reservation cannot be written: "admit" the Node without a podCIDR (with a
     # warning) rather than block node registration, or "deny" it.
     on_reservation_failure: str = "admit"
+    # When the claim of a podCIDR being written (validating webhook) cannot be stored: "deny"
+    # the write (its writer retries; a duplicate is never admitted) or "admit" it with a warning.
+    on_claim_failure: str = "deny"
     # Seconds a reservation lives before it is reclaimed (its node then holds the CIDR itself).
     reservation_grace: float = 600.0
     # Correct a flannel ConfigMap's Network to the cluster-cidr instead of refusing it.

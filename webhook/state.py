@@ -31,6 +31,8 @@ class ClusterState:
     disputed: bool = False
     index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
     ready: bool = False
+    # The claims (reservation Leases) have been listed once (always true in standalone mode).
+    claims_ready: bool = True
     # Monotonic time of the last confirmation from the API (None: never / standalone).
     last_sync: float | None = None
     _view: ClusterView | None = field(default=None, repr=False)

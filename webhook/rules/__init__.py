@@ -9,6 +9,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.cidr import IPNetwork
+from webhook.claims import ClaimOutcome, conflict_message
 from webhook.rules.configmap import is_flannel_configmap, review_configmap
 from webhook.rules.findings import (
     ClusterView,
@@ -28,6 +30,7 @@ __all__ = [
     "RuleSettings",
     "Severity",
     "Verdict",
+    "claim_verdict",
     "decide",
     "review",
 ]
@@ -118,3 +121,32 @@ def review(req: ReviewInput, view: ClusterView, settings: RuleSettings) -> list[
     if req.kind == "Node":
         return review_node(req.operation, req.object, req.old_object, view)
     return []
+
+
+def claim_verdict(verdict: Verdict, outcome: ClaimOutcome, mode: Mode, node: str,
+                  suggestion: list[IPNetwork], on_failure: str = "deny") -> Verdict:
+    """The verdict of a write once its podCIDR claims are known (``verdict``: the rules' own).
+
+    A CIDR held by another node is refused as any other rule's error (warn mode: a
+    warning). A claim that could not be written is denied as a retryable
+    503 unless ``on_failure`` is ``admit``: then admitted with a warning.
+    """
+    if outcome.ok:
+        return verdict
+    if outcome.status == "conflict":
+        message = conflict_message(node, outcome.conflicts, suggestion)
+        if mode is Mode.ENFORCE:
+            return Verdict(allowed=False, code=403, reason="PodCIDRClaimed",
+                           message=_clip(message, MESSAGE_MAX), warnings=verdict.warnings,
+                           findings=verdict.findings)
+        return Verdict(allowed=True, warnings=_cap_warnings(
+            [f"flannel-guard (warn mode) would deny: {message}", *verdict.warnings]),
+            findings=verdict.findings)
+    text = (f"flannel-guard could not claim the podCIDR(s) of node {node[:253]} ({outcome.error[:160]})")
+    if on_failure == "admit":
+        return Verdict(allowed=True, warnings=_cap_warnings(
+            [f"{text}: admitted unclaimed; another replica may admit the same CIDR", *verdict.warnings]),
+            findings=verdict.findings)
+    return Verdict(allowed=False, code=503, reason="ClaimUnavailable",
+                   message=f"{text}; nothing was stored, retry the write.", warnings=verdict.warnings,
+                   findings=verdict.findings)

@@ -28,7 +28,7 @@ from typing import Any
 from webhook.cidr import CidrError, IPNetwork, family_name, parse_cidr
 from webhook.rules.findings import ClusterView, Finding, Severity
 
-__all__ = ["node_name", "pod_cidrs", "review_node"]
+__all__ = ["claimed_cidrs", "node_name", "pod_cidrs", "review_node"]
 
 
 def node_name(obj: dict[str, Any] | None) -> str:
@@ -50,6 +50,30 @@ def pod_cidrs(obj: dict[str, Any] | None) -> list[str]:
         return [c if isinstance(c, str) else json.dumps(c) for c in cidrs]
     single = spec.get("podCIDR")
     return [single] if isinstance(single, str) and single else []
+
+
+def claimed_cidrs(operation: str, obj: dict[str, Any] | None,
+                  old: dict[str, Any] | None) -> list[IPNetwork]:
+    """The podCIDRs this write gives the Node, which it must claim first: at most one per family.
+
+    A CREATE that carries podCIDRs, or an UPDATE from none to some (the only change
+    the API server allows: ``ValidateNodeUpdate`` in pkg/apis/core/validation). An
+    UPDATE that leaves them as they were claims nothing; text that is not a network
+    address claims nothing (the rules refuse it).
+    """
+    if operation not in ("CREATE", "UPDATE"):
+        return []
+    if operation == "UPDATE" and pod_cidrs(old):
+        return []
+    out: list[IPNetwork] = []
+    for text in pod_cidrs(obj)[:2]:
+        try:
+            parsed = parse_cidr(text)
+        except CidrError:
+            continue
+        if not parsed.host_bits_set and all(n.version != parsed.network.version for n in out):
+            out.append(parsed.network)
+    return out
 
 
 def _patch_cmd(name: str, cidrs: list[IPNetwork]) -> str:

@@ -1,0 +1,133 @@
+"""Claims for the writes that give a Node its podCIDR: the validating webhook's side of the promise.
+
+Every admitted write that sets podCIDRs (a Node CREATE that carries them, an
+UPDATE from none to some) claims each CIDR first, with the same exclusive create
+the allocator uses (:class:`~webhook.allocator.ClaimStore`). The decisions are
+pure (:mod:`webhook.claims`); this class only orders the writes:
+
+1. a conflict already known in memory (another node's claim, another stored
+   Node) refuses at once, without a round trip;
+2. a fresh claim of the same node's (the mutating webhook's, a moment ago, on
+   this replica) is confirmed without a write;
+3. every other CIDR is created exclusively; the API's 409 decides between
+   replicas, and a 409 held by the same node (a retry) is that node's claim;
+4. if a later CIDR of the write is refused, the earlier ones this call created
+   are deleted again (all or nothing).
+
+A deleted Node releases its claims (:meth:`Claimer.release_node`): only claims
+made before the node entered this replica's index, and each delete is
+conditional on the Lease's version, so that a node re-registering under the same
+name keeps the claim it has just renewed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from webhook.allocator import ClaimStore, Reservation, StoreUnavailable, reclaim_expired
+from webhook.cidr import IPNetwork, NodeCidrIndex
+from webhook.claims import Claim, ClaimConflict, ClaimOutcome, conflicts, to_write
+
+__all__ = ["Claimer"]
+
+log = structlog.get_logger("flannel_guard.claims")
+
+
+class Claimer:
+    """Claims podCIDRs for validated writes, in ``store`` (and its book), judged against ``index``."""
+
+    def __init__(self, store: ClaimStore, index: NodeCidrIndex, *, fresh: float = 60.0,
+                 grace: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._grace = grace
+        self.book = store.book
+        self._index = index
+        self._fresh = fresh
+        self._clock = clock
+        # When each node entered the index (this replica's clock): the bound of what its
+        # deletion releases.
+        self._entered: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        index.subscribe(self._on_index_change)
+
+    async def claim(self, node: str, wanted: Sequence[IPNetwork], *, dry_run: bool = False) -> ClaimOutcome:
+        found = conflicts(node, wanted, self.book, self._index)
+        if found:
+            return ClaimOutcome("conflict", tuple(found))
+        writes = to_write(node, wanted, self.book, self._clock(), self._fresh)
+        if dry_run:
+            return ClaimOutcome("dry-run")
+        if not writes:
+            return ClaimOutcome("known")
+        created: list[Claim] = []
+        try:
+            for cidr in writes:
+                before = self.book.get(cidr)
+                claim = await self.store.create(cidr, node)
+                if claim.node != node:
+                    await self._undo(created)
+                    return ClaimOutcome("conflict", (ClaimConflict(cidr, claim.node, claim.cidr,
+                                                                   claim.since or None),))
+                if before is None or before.node != node:
+                    created.append(claim)
+        except StoreUnavailable as e:
+            await self._undo(created)
+            return ClaimOutcome("unavailable", error=str(e)[:200])
+        return ClaimOutcome("claimed")
+
+    async def _undo(self, created: list[Claim]) -> None:
+        for claim in created:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.delete(self.book.get(claim.cidr) or claim)
+
+    # -- a deleted Node frees its claims -----------------------------------------------------
+
+    def _on_index_change(self, node: str, removed: tuple[IPNetwork, ...],
+                         added: tuple[IPNetwork, ...]) -> None:
+        if added:
+            self._entered.setdefault(node, self._clock())
+            return
+        if removed and node not in self._index:
+            entered = self._entered.pop(node, self._clock())
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
+                task = asyncio.get_running_loop().create_task(self.release_node(node, entered))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def release_node(self, node: str, before: float) -> int:
+        """Delete ``node``'s claims made before ``before``; return how many were deleted."""
+        released = 0
+        for claim in self.book.of_node(node):
+            if claim.since > before:
+                continue
+            try:
+                if await self.store.delete(claim):
+                    released += 1
+            except StoreUnavailable as e:
+                # Not lost: the reclaimer deletes it after the grace period.
+                log.warning("claim of a deleted node not released", node=node[:253],
+                            cidr=str(claim.cidr), error=str(e)[:200])
+        if released:
+            log.info("claims of a deleted node released", node=node[:253], count=released)
+        return released
+
+    # -- claims whose Node never appeared (or whose Node holds the CIDR itself by now) -------
+
+    async def reclaim(self) -> list[Reservation]:
+        return await reclaim_expired(self.store, self._index, self._grace, self._clock())
+
+    async def run_reclaimer(self, interval: float = 60.0) -> None:
+        """Reclaim every ``interval`` seconds until cancelled; errors never end the loop."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reclaim()
+            except StoreUnavailable as e:
+                log.warning("reclaim skipped: claims not writable", error=str(e)[:256])
+            except Exception:
+                log.exception("reclaim failed")
