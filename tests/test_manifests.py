@@ -365,7 +365,7 @@ def test_pod_is_hardened_and_runs_before_pod_networking(rendered: dict[str, list
 #: name -> (failurePolicy, sideEffects, operations, resource)
 EXPECTED_HOOKS = {
     "configmaps.flannel-guard.io": ("Fail", "None", ["CREATE", "UPDATE", "DELETE"], "configmaps"),
-    "nodes.flannel-guard.io": ("Ignore", "None", ["CREATE", "UPDATE"], "nodes"),
+    "nodes.flannel-guard.io": ("Ignore", "NoneOnDryRun", ["CREATE", "UPDATE"], "nodes"),
     "nodes.mutate.flannel-guard.io": ("Ignore", "NoneOnDryRun", ["CREATE", "UPDATE"], "nodes"),
     "configmaps.mutate.flannel-guard.io": ("Ignore", "None", ["CREATE", "UPDATE"], "configmaps"),
 }
@@ -415,7 +415,8 @@ EXPECTED_GRANTS: set[Grant] = {
     *{("*", "", "nodes", v, ()) for v in ("list", "watch")},
     ("kube-system", "", "configmaps", "get", CM_NAMES),
     ("kube-system", "", "pods", "list", ()),
-    *{(NAMESPACE, "coordination.k8s.io", "leases", v, ()) for v in ("get", "list", "create", "delete")},
+    *{(NAMESPACE, "coordination.k8s.io", "leases", v, ())
+      for v in ("get", "list", "watch", "create", "update", "delete")},
 }
 
 

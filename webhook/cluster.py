@@ -292,8 +292,11 @@ class Reflector:
 
     # -- what subclasses provide -------------------------------------------------------------
 
-    def _call(self, **kwargs: Any) -> Any:
-        """The list (or, with ``watch=True``, watch) request, raw (``_preload_content=False``)."""
+    def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
+        """The list (or, with ``watch=True``, watch) request, raw (``_preload_content=False``).
+
+        Subclasses spell ``watch=True`` out at the call (the RBAC test reads the code for it).
+        """
         raise NotImplementedError
 
     def _parse(self, obj: dict[str, Any]) -> Any:
@@ -482,7 +485,9 @@ class NodeWatcher(Reflector):
         self._core = kubernetes.client.CoreV1Api(api)
         self._state = state
 
-    def _call(self, **kwargs: Any) -> Any:
+    def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
+        if watch:
+            return self._core.list_node(watch=True, **kwargs)
         return self._core.list_node(**kwargs)
 
     def _parse(self, obj: dict[str, Any]) -> Entry | None:

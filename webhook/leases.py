@@ -217,7 +217,10 @@ class LeaseWatcher(Reflector):
         self._namespace = namespace
         self._book = book
 
-    def _call(self, **kwargs: Any) -> Any:
+    def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
+        if watch:
+            return self._api.list_namespaced_lease(self._namespace, label_selector=SELECTOR, watch=True,
+                                                   **kwargs)
         return self._api.list_namespaced_lease(self._namespace, label_selector=SELECTOR, **kwargs)
 
     def _parse(self, obj: dict[str, Any]) -> Claim | None:
