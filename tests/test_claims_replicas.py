@@ -110,7 +110,7 @@ def test_pairs_of_same_cidr_writes_on_two_replicas_admit_exactly_one_each(cluste
 
 
 def test_a_cidr_handed_out_by_mutate_is_refused_to_another_node_on_the_other_replica(cluster):
-    api, urls, ca = cluster
+    _api, urls, ca = cluster
 
     async def scenario() -> list[tuple[str, dict]]:
         async with client(ca) as c:
@@ -129,7 +129,7 @@ def test_a_cidr_handed_out_by_mutate_is_refused_to_another_node_on_the_other_rep
 
 
 def test_back_to_back_writes_on_one_replica_before_any_watch_event(cluster):
-    api, urls, ca = cluster
+    _api, urls, ca = cluster
 
     async def scenario() -> tuple[list[dict], list[dict]]:
         async with client(ca) as c:
