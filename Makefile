@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench soak clean
+.PHONY: all venv run test lint certs bench bench-claims soak clean
 
 all: test
 
@@ -49,6 +49,9 @@ include system.mk
 # Benchmarks and the soak run are measured, not asserted: not part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-claims: $(STAMP)
+	$(BIN)/python bench/claims.py
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
