@@ -126,11 +126,13 @@ def test_discovery_reports_the_seed_disagreement() -> None:
 
 
 def test_discovery_with_no_source_says_so() -> None:
-    """An empty kube-system: no effective value, each absent source noted, nothing raised."""
+    """An empty kube-system: no effective value, each absent source noted, nothing raised.
+
+    No source and no flannel ConfigMap yet: the first flannel ConfigMap applied defines it."""
     res = run(_discover_kmock([]))
-    assert res.effective is None
+    assert res.effective is None and res.flannel_defines
     text = "\n".join(res.notes + res.absent)
-    assert "no cluster-cidr source answered" in text
+    assert "no flannel ConfigMap exists yet" in text
     assert "ConfigMap kube-system/kubeadm-config: not found (404)" in text
     assert "ConfigMap kube-system/kube-proxy: not found (404)" in text
     assert "no kube-controller-manager pod" in text

@@ -29,8 +29,8 @@ def test_public_names_are_pinned() -> None:
     """The module exports exactly its documented API."""
     assert sorted(discovery.__all__) == sorted([
         "KUBEADM_API_VERSIONS", "ORDER", "CidrSource", "ControllerManagerFacts", "Resolution",
-        "SourceKind", "flag_source", "from_controller_manager_pod", "from_kube_proxy",
-        "from_kubeadm_config", "node_mask_sizes", "resolve",
+        "SourceKind", "flag_source", "from_controller_manager_pod", "from_flannel_configmap",
+        "from_kube_proxy", "from_kubeadm_config", "node_mask_sizes", "resolution_from", "resolve",
     ])
 
 
@@ -271,7 +271,7 @@ def test_all_sources_agreeing_keeps_every_origin() -> None:
     """All four sources agree: the flag wins, every source is kept, no notes at all."""
     res = _resolve(_case("10.244.0.0/16", "10.244.0.0/16", "10.244.0.0/16", "10.244.0.0/16"))
     assert res.effective is not None and res.effective.kind is SourceKind.FLAG
-    assert [s.kind for s in res.sources] == list(SourceKind)
+    assert [s.kind for s in res.sources] == [k for k in SourceKind if k is not SourceKind.FLANNEL]
     assert res.notes == ()
     assert res.allocate_node_cidrs is True
     assert res.service is not None and res.service.describe() == "10.96.0.0/12"

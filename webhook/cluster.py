@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,9 @@ from kubernetes.client.exceptions import ApiException
 from webhook.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.discovery import (
     CidrSource,
-    ControllerManagerFacts,
     Resolution,
     flag_source,
-    from_controller_manager_pod,
-    from_kube_proxy,
-    from_kubeadm_config,
-    resolve,
+    resolution_from,
 )
 from webhook.rules.node import node_name, pod_cidrs
 from webhook.state import ClusterState
@@ -119,6 +114,7 @@ async def discover(
     flag_origin: str = "--cluster-cidr flag",
     namespace: str = "kube-system",
     timeout: float = 5.0,
+    flannel: Sequence[dict[str, Any]] = (),
 ) -> Resolution:
     """Read every cluster-cidr source the API has and resolve them (:func:`webhook.discovery.resolve`).
 
@@ -152,36 +148,13 @@ async def discover(
     )
     (pods, kubeadm, proxy) = (doc for doc, _ in answers)
     notes = [note for _, note in answers if note]
-
-    sources: list[CidrSource] = []
-    services: list[CidrSource] = []
-    if flag:
-        if isinstance(flag, str):
-            sources.append(flag_source(flag, flag_origin))
-        else:
-            sources.append(CidrSource(flag_origin, tuple(flag), ",".join(map(str, flag))))
-    facts: list[ControllerManagerFacts] = []
-    for pod in _items(pods):
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        if labels.get(_KCM_LABEL[0]) != _KCM_LABEL[1]:
-            continue  # the server filtered already; an emulator may not
-        f = from_controller_manager_pod(pod)
-        facts.append(f)
-        sources.append(f.cluster_cidr)
-        if f.service_cluster_ip_range:
-            services.append(f.service_cluster_ip_range)
-    if isinstance(pods, dict) and not facts:
-        notes.append(f"no kube-controller-manager pod in {namespace} (label {selector})")
-    if isinstance(kubeadm, dict):
-        pod_subnet, service_subnet = from_kubeadm_config(kubeadm)
-        if pod_subnet is not None:
-            sources.append(pod_subnet)
-        if service_subnet is not None:
-            services.append(service_subnet)
-    if isinstance(proxy, dict) and (cidr := from_kube_proxy(proxy)) is not None:
-        sources.append(cidr)
-    resolution = resolve(sources, services=services, controller_managers=facts)
-    return dataclasses.replace(resolution, absent=tuple(notes))
+    if isinstance(flag, str):
+        flag_src = flag_source(flag, flag_origin) if flag else None
+    else:
+        flag_src = CidrSource(flag_origin, tuple(flag), ",".join(map(str, flag))) if flag else None
+    return resolution_from(flag_src, _items(pods), kubeadm if isinstance(kubeadm, dict) else None,
+                           proxy if isinstance(proxy, dict) else None, flannel, notes=notes,
+                           pods_listed=isinstance(pods, dict), namespace=namespace)
 
 
 def _items(doc: object) -> list[dict[str, Any]]:
@@ -194,7 +167,11 @@ def apply_resolution(state: ClusterState, resolution: Resolution) -> None:
     state.mask_v4, state.mask_v6 = resolution.mask_v4, resolution.mask_v6
     origin = resolution.effective.origin if resolution.effective else "no source"
     # Sources holding different values: the effective one may be wrong (no automatic fixes then).
-    state.set_cidr(resolution.networks, origin, resolution.notes, disputed=not resolution.agree)
+    # The flannel ConfigMap as the only source is not a disagreement with itself.
+    defined_by = resolution.effective.ref if resolution.flannel_defines and resolution.effective else None
+    state.set_cidr(resolution.networks, origin, resolution.notes,
+                   disputed=not resolution.agree and not resolution.flannel_defines,
+                   flannel_defines=resolution.flannel_defines, defined_by=defined_by)
 
 
 def staleness_note(state: ClusterState, now: float, bound: float = STALENESS_BOUND) -> str | None:

@@ -28,6 +28,7 @@ kube-controller-manager reads it (:func:`webhook.cidr.parse_cidr_list`).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,9 +48,11 @@ __all__ = [
     "SourceKind",
     "flag_source",
     "from_controller_manager_pod",
+    "from_flannel_configmap",
     "from_kube_proxy",
     "from_kubeadm_config",
     "node_mask_sizes",
+    "resolution_from",
     "resolve",
 ]
 
@@ -70,6 +73,8 @@ class SourceKind(enum.IntEnum):
     CONTROLLER_MANAGER = 1
     KUBEADM = 2
     KUBE_PROXY = 3
+    #: The flannel ConfigMap's Network: the cluster-cidr only when no other source holds one.
+    FLANNEL = 4
 
 
 ORDER = tuple(SourceKind)
@@ -88,6 +93,8 @@ class CidrSource:
     raw: str
     kind: SourceKind = SourceKind.FLAG
     error: str | None = None
+    # The object it was read from, "namespace/name" (the flannel ConfigMaps).
+    ref: str = ""
 
     def describe(self) -> str:
         """The value as a person writes it: ``10.244.0.0/16,fd00::/56``, or the raw text."""
@@ -124,6 +131,9 @@ class Resolution:
     # Sources that could not be read (absent, forbidden, unreachable): for logs and doctor,
     # not for every admission response.
     absent: tuple[str, ...] = ()
+    # No source held a cluster-cidr, so a flannel ConfigMap's Network is it (``effective``
+    # is then that ConfigMap's source, None before one exists).
+    flannel_defines: bool = False
 
     @property
     def networks(self) -> tuple[IPNetwork, ...] | None:
@@ -420,6 +430,7 @@ def resolve(
     services: Sequence[CidrSource] = (),
     controller_managers: Sequence[ControllerManagerFacts] = (),
     notes: Sequence[str] = (),
+    flannel: Sequence[CidrSource] | None = None,
 ) -> Resolution:
     """Pick the effective cluster-cidr and say every way the sources disagree.
 
@@ -432,6 +443,8 @@ def resolve(
     the pod range overlapping the service range; no source at all.
     """
     ordered = sorted(sources, key=lambda s: s.kind)
+    if flannel is not None and not any(s.networks for s in ordered):
+        return _flannel_defines(ordered, flannel, services, controller_managers, notes)
     out: list[str] = [_note(n) for n in notes]
     for s in (*ordered, *services):
         if s.error:
@@ -483,3 +496,120 @@ def resolve(
         mask_v6=mask_v6,
         notes=tuple(dict.fromkeys(out)),
     )
+
+
+def _flannel_defines(ordered: Sequence[CidrSource], flannel: Sequence[CidrSource],
+                     services: Sequence[CidrSource], controller_managers: Sequence[ControllerManagerFacts],
+                     notes: Sequence[str]) -> Resolution:
+    """No source holds a cluster-cidr: the first flannel ConfigMap with a Network defines it.
+
+    The seed's cluster (``kubeadm init`` without ``--pod-network-cidr``): nothing but
+    kube-flannel.yml names a pod network, and kube-controller-manager does not allocate,
+    so flannel-guard does, from flannel's Network. With two flannel ConfigMaps whose
+    Networks differ, the first in the guarded order wins (``kube-flannel`` before
+    ``kube-system``: flannel's manifests moved to the ``kube-flannel`` namespace), with a note.
+    """
+    with_value = [f for f in flannel if f.networks]
+    effective = with_value[0] if with_value else None
+    out = [_note(n) for n in notes]
+    if effective is None:
+        out.append("no cluster-cidr source holds a value and no flannel ConfigMap exists yet: the"
+                   " first flannel ConfigMap applied defines the cluster-cidr")
+    else:
+        out.append(_fit(lambda a: f"no cluster-cidr source holds a value: {effective.describe()} ({a}) is"
+                        " the cluster-cidr; kube-controller-manager does not allocate node CIDRs,"
+                        " flannel-guard does", effective.origin))
+    for other in with_value[1:]:
+        if other.networks != effective.networks:
+            value = other.describe()
+            first = with_value[0]
+            chosen = first.describe()
+            out.append(_fit(lambda a, b, v=value, w=chosen: f"flannel ConfigMaps disagree: {v}"
+                            f" ({a}) vs {w} ({b}); using the latter", other.origin, first.origin))
+    facts = controller_managers[0] if controller_managers else None
+    for f in controller_managers:
+        out.extend(f.notes)
+    mask_v4, mask_v6, mask_notes = node_mask_sizes(facts, effective.networks if effective else None)
+    out.extend(mask_notes)
+    service = next((s for s in sorted(services, key=lambda s: s.kind) if s.networks), None)
+    return Resolution(
+        effective=effective, sources=(*ordered, *flannel), service=service,
+        allocate_node_cidrs=facts.allocate_node_cidrs if facts else None,
+        mask_v4=mask_v4, mask_v6=mask_v6, notes=tuple(dict.fromkeys(out)), flannel_defines=True,
+    )
+
+
+# --- the flannel ConfigMap, as a last source -------------------------------------------------
+
+
+def from_flannel_configmap(configmap: Mapping[str, Any]) -> CidrSource | None:
+    """``Network`` (and ``IPv6Network`` with ``EnableIPv6``) of a flannel ConfigMap's net-conf.json.
+
+    Read as flannel reads it (:func:`webhook.rules.flannel.parse_net_conf`). None when
+    the ConfigMap has no net-conf.json; a source without networks when flannel would
+    refuse it. The order is flannel's own: IPv4 first, as flannel's ``Network`` is primary.
+    """
+    from webhook.rules.flannel import parse_net_conf  # the rules' parser: one reading of flannel
+
+    meta = configmap.get("metadata") if isinstance(configmap.get("metadata"), Mapping) else {}
+    origin = (f"flannel ConfigMap {_clip(str(meta.get('namespace', '')), 63)}/"
+              f"{_clip(str(meta.get('name', '')), 63)} net-conf.json Network")
+    text = _data(configmap, "net-conf.json")
+    if text is None:
+        return None
+    conf = parse_net_conf(text[:65536]).conf
+    ref = f"{meta.get('namespace', '')}/{meta.get('name', '')}"[:256]
+    if conf is None:
+        return CidrSource(origin, (), text[:200], SourceKind.FLANNEL, "flannel cannot parse it", ref)
+    nets = tuple(p.network for p, on in ((conf.network, conf.enable_ipv4),
+                                         (conf.ipv6_network, conf.enable_ipv6)) if p is not None and on)
+    raw = ",".join(map(str, nets))
+    return CidrSource(origin, nets, raw, SourceKind.FLANNEL, ref=ref)
+
+
+def resolution_from(
+    flag: CidrSource | None,
+    pods: Sequence[Mapping[str, Any]],
+    kubeadm: Mapping[str, Any] | None,
+    proxy: Mapping[str, Any] | None,
+    flannel: Sequence[Mapping[str, Any]] = (),
+    *,
+    notes: Sequence[str] = (),
+    pods_listed: bool = True,
+    namespace: str = "kube-system",
+    flannel_fallback: bool = True,
+) -> Resolution:
+    """Every source from the objects they are read from (raw JSON), resolved. Pure.
+
+    ``pods``: the kube-controller-manager pods (label ``component=kube-controller-manager``);
+    ``flannel``: the guarded flannel ConfigMaps in their guarded order; ``notes``: why a
+    source is absent (not found, forbidden, unreachable), kept in ``absent``.
+    """
+    sources: list[CidrSource] = [flag] if flag is not None else []
+    services: list[CidrSource] = []
+    facts: list[ControllerManagerFacts] = []
+    absent = list(notes)
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get("component") != "kube-controller-manager":
+            continue  # the server filtered already; an emulator may not
+        f = from_controller_manager_pod(pod)
+        facts.append(f)
+        sources.append(f.cluster_cidr)
+        if f.service_cluster_ip_range:
+            services.append(f.service_cluster_ip_range)
+    if pods_listed and not facts:
+        absent.append(f"no kube-controller-manager pod in {namespace}"
+                      " (label component=kube-controller-manager)")
+    if kubeadm is not None:
+        pod_subnet, service_subnet = from_kubeadm_config(kubeadm)
+        if pod_subnet is not None:
+            sources.append(pod_subnet)
+        if service_subnet is not None:
+            services.append(service_subnet)
+    if proxy is not None and (cidr := from_kube_proxy(proxy)) is not None:
+        sources.append(cidr)
+    fallbacks = [c for c in map(from_flannel_configmap, flannel) if c is not None]
+    resolution = resolve(sources, services=services, controller_managers=facts,
+                         flannel=fallbacks if flannel_fallback else None)
+    return dataclasses.replace(resolution, absent=tuple(absent))

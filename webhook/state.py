@@ -29,6 +29,8 @@ class ClusterState:
     mask_v6: int = 64
     notes: tuple[str, ...] = ()
     disputed: bool = False
+    flannel_defines: bool = False
+    defined_by: str | None = None
     index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
     ready: bool = False
     # The claims (reservation Leases) have been listed once (always true in standalone mode).
@@ -64,13 +66,17 @@ class ClusterState:
                 notes=self.notes,
                 disputed=self.disputed,
                 departed=self.departed,
+                flannel_defines=self.flannel_defines,
+                defined_by=self.defined_by,
             )
         return self._view
 
     def set_cidr(self, cidr: tuple[IPNetwork, ...] | None, source: str,
-                 notes: tuple[str, ...] = (), *, disputed: bool = False) -> None:
+                 notes: tuple[str, ...] = (), *, disputed: bool = False,
+                 flannel_defines: bool = False, defined_by: str | None = None) -> None:
         self.cluster_cidr, self.cidr_source, self.notes = cidr, source, notes
         self.disputed = disputed
+        self.flannel_defines, self.defined_by = flannel_defines, defined_by
         self._view = None
 
     def record_node(self, obj: dict[str, object] | None) -> None:

@@ -117,7 +117,7 @@ def review(req: ReviewInput, view: ClusterView, settings: RuleSettings) -> list[
         subject = req.old_object if req.operation == "DELETE" else req.object
         if not is_flannel_configmap(subject, settings, req.namespace):
             return []
-        return review_configmap(req.operation, req.object, req.old_object, view, settings)
+        return review_configmap(req.operation, req.object, req.old_object, view, settings, req.namespace)
     if req.kind == "Node":
         return review_node(req.operation, req.object, req.old_object, view)
     return []

@@ -48,8 +48,9 @@ def review_configmap(
     old: dict[str, Any] | None,
     view: ClusterView,
     settings: RuleSettings,
+    namespace: str | None = None,
 ) -> list[Finding]:
-    """Judge a CREATE, UPDATE or DELETE of a flannel ConfigMap."""
+    """Judge a CREATE, UPDATE or DELETE of a flannel ConfigMap (``namespace``: the request's)."""
     if operation == "DELETE":
         return _review_delete(old, settings)
     if operation not in ("CREATE", "UPDATE"):
@@ -72,7 +73,9 @@ def review_configmap(
     findings.extend(_review_cni_conf(data))
     if parsed.conf is None:
         return findings
-    findings.extend(_review_networks(parsed.conf, view, settings))
+    meta = _meta(obj)
+    ident = f"{meta.get('namespace') or namespace or ''}/{meta.get('name', '')}"
+    findings.extend(_review_networks(parsed.conf, view, settings, ident))
     if operation == "UPDATE" or len(view.nodes):
         findings.extend(_review_stranding(parsed.conf, old, view, operation, settings))
     return findings
@@ -126,8 +129,22 @@ def _review_cni_conf(data: dict[str, Any]) -> list[Finding]:
     return []
 
 
-def _review_networks(conf: NetConf, view: ClusterView, settings: RuleSettings) -> list[Finding]:
-    """``Network`` / ``IPv6Network`` against the cluster-cidr, family by family."""
+def _review_networks(conf: NetConf, view: ClusterView, settings: RuleSettings,
+                     ident: str = "") -> list[Finding]:
+    """``Network`` / ``IPv6Network`` against the cluster-cidr, family by family.
+
+    When no source holds a cluster-cidr, this ConfigMap's Network *is* it (the seed's
+    cluster: nothing but kube-flannel.yml names a pod network): nothing to compare with,
+    only stranding is judged. A second flannel ConfigMap is compared with the first.
+    """
+    if view.flannel_defines and (view.defined_by in (None, ident)):
+        networks = ",".join(str(p.network) for p, on in ((conf.network, conf.enable_ipv4),
+                                                        (conf.ipv6_network, conf.enable_ipv6)) if p and on)
+        return [Finding(
+            Severity.WARNING, "FlannelDefinesClusterCIDR",
+            f"no cluster-cidr source holds a value: flannel's {networks or 'Network'} is the"
+            " cluster-cidr; kube-controller-manager does not allocate node CIDRs, flannel-guard does.",
+        )]
     if not view.cluster_cidr:
         return [Finding(
             settings.unknown_cidr, "ClusterCIDRUnknown",

@@ -105,6 +105,10 @@ class ClusterView:
     disputed: bool = False
     # Nodes deleted recently, with the podCIDRs they had (a rejoin may get others).
     departed: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
+    # No source holds a cluster-cidr: a flannel ConfigMap's Network is it; ``defined_by`` is
+    # that ConfigMap ("namespace/name"), None before one exists.
+    flannel_defines: bool = False
+    defined_by: str | None = None
 
     def cidr_of_family(self, version: int) -> IPNetwork | None:
         for net in self.cluster_cidr or ():
