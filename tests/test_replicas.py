@@ -35,7 +35,9 @@ def replicas(tmp: Path, api_url: str, *extra: str, count: int = 2) -> Iterator[l
 async def admit_all(urls: list[str], ca: Path, count: int) -> list[dict]:
     ctx = ssl.create_default_context(cafile=str(ca))
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(verify=ctx, timeout=30, limits=limits) as client:
+    # No pool timeout: 500 requests queue for 32 connections as long as the machine needs.
+    timeout = httpx.Timeout(120.0, pool=None)
+    async with httpx.AsyncClient(verify=ctx, timeout=timeout, limits=limits) as client:
         async def one(i: int) -> dict:
             body = review(node(f"worker-{i:04d}"), "CREATE")
             r = await client.post(f"{urls[i % len(urls)]}/mutate", json=body)

@@ -166,7 +166,7 @@ class Allocator:
         self._book = store.book
         self._grace = grace
         self._clock = clock
-        self._lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future[tuple[IPNetwork, ...]]] = {}
         self._alloc.occupy(c.cidr for c in self._book)
         self._closed = False
         index.subscribe(self._on_index_change)
@@ -240,40 +240,59 @@ class Allocator:
         another) gets them back, each confirmed by a renewal. Raises
         :class:`RangeExhaustedError` when a family has no free CIDR left and
         :class:`StoreUnavailable` when a claim cannot be written; nothing this
-        call claimed is left behind then.
+        call claimed is left behind then. Assignments of different nodes run
+        concurrently (each takes its candidate before it awaits the API); two of
+        the same node share one.
         """
         if dry_run:
             return self.preview(node)
-        async with self._lock:
-            held = self._held(node)
-            won: list[IPNetwork] = []
-            created: list[IPNetwork] = []
-            try:
-                for s in self._alloc.sets:
-                    earlier = held.get(s.cluster.version)
-                    if earlier is not None and (renewed := await self._store.renew(earlier)) is not None:
-                        won.append(renewed.cidr)
-                        continue
-                    cidr = await self._claim_one(s, node)
-                    created.append(cidr)
-                    won.append(cidr)
-            except BaseException:
-                for cidr in created:
-                    claim = self._book.get(cidr)
-                    if claim is not None and claim.node == node:
-                        with contextlib.suppress(StoreUnavailable):
-                            await self._store.delete(claim)
-                raise
-            return tuple(won)
+        running = self._inflight.get(node)
+        if running is None:
+            running = asyncio.ensure_future(self._assign(node))
+            self._inflight[node] = running
+            running.add_done_callback(lambda _: self._inflight.pop(node, None))
+        return await asyncio.shield(running)
+
+    async def _assign(self, node: str) -> tuple[IPNetwork, ...]:
+        held = self._held(node)
+        won: list[IPNetwork] = []
+        created: list[IPNetwork] = []
+        try:
+            for s in self._alloc.sets:
+                earlier = held.get(s.cluster.version)
+                if earlier is not None and (renewed := await self._store.renew(earlier)) is not None:
+                    won.append(renewed.cidr)
+                    continue
+                cidr = await self._claim_one(s, node)
+                created.append(cidr)
+                won.append(cidr)
+        except BaseException:
+            for cidr in created:
+                claim = self._book.get(cidr)
+                if claim is not None and claim.node == node:
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._store.delete(claim)
+            raise
+        return tuple(won)
 
     async def _claim_one(self, s: CidrSet, node: str) -> IPNetwork:
-        for candidate in s.candidates():
-            claim = await self._store.create(candidate, node)
+        while True:
+            # Pick and take with no await in between: concurrent assignments never pick the same.
+            candidate = next(iter(s.candidates()), None)
+            if candidate is None:
+                raise s.exhausted_error()
             s.take(candidate)
+            try:
+                claim = await self._store.create(candidate, node)
+            except BaseException:
+                # Maybe stored, the answer lost: the retry tries this candidate first (its 409
+                # held by the same node is this node's claim).
+                self._free_if_unused(candidate)
+                s.rewind(candidate)
+                raise
             if claim.node == node:
                 return candidate
             log.info("cidr claimed by another", cidr=str(candidate), holder=claim.node[:253])
-        raise s.exhausted_error()
 
     async def reclaim(self) -> list[Reservation]:
         """Delete claims older than the grace period (:func:`reclaim_expired`)."""

@@ -292,6 +292,13 @@ class CidrSet:
         self._add(index, index)
         self._next_candidate = (index + 1) % self._capacity
 
+    def rewind(self, network: IPNetwork) -> None:
+        """Point the next-fit search at ``network`` again (a claim of it failed halfway).
+
+        Occupied candidates are still skipped; only the order of the search changes.
+        """
+        self._next_candidate = self.index_of(_check_network(network, "network"))
+
     def allocate_next(self, is_taken: IsTaken | None = None) -> IPNetwork:
         """Occupy and return the next free candidate, next-fit from the pointer.
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
@@ -24,9 +26,11 @@ from webhook.app import create_app
 from webhook.certs import CertReloader, server_ssl_context
 from webhook.claimer import Claimer
 from webhook.claims import ClaimBook
-from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover
+from webhook.cluster import NodeWatcher, Reflector, api_client, apply_resolution, discover
+from webhook.discovery import CidrSource, Resolution
 from webhook.leases import LeaseStore, LeaseWatcher
 from webhook.settings import Settings
+from webhook.sources import LiveSources, guarded_order
 from webhook.state import ClusterState
 
 __all__ = ["build_server", "serve"]
@@ -101,7 +105,6 @@ def build_server(settings: Settings, state: ClusterState, allocator: Allocator |
     return _Server(config, state, settings.shutdown_delay), reloader
 
 
-REDISCOVER_INTERVAL = 300.0
 
 
 async def serve(settings: Settings, *, cidr_source: str) -> None:
@@ -116,7 +119,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                          mask_v4=settings.mask_v4 or 24, mask_v6=settings.mask_v6 or 64)
     tasks: list[asyncio.Task[None]] = []
     api = None
-    watchers: list[NodeWatcher | LeaseWatcher] = []
+    watchers: list[Reflector] = []
     store: ClaimStore
     book = ClaimBook()
     if settings.standalone:
@@ -144,17 +147,42 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     app = server.config.app
 
     def ensure_allocator() -> None:
-        """Mutating mode needs a known cluster-cidr; start allocating once there is one."""
-        if settings.allocate and state.cluster_cidr and app.state.allocator is None:
-            allocator = Allocator(state.cluster_cidr, index=state.index, store=store,
-                                  mask_v4=state.mask_v4, mask_v6=state.mask_v6,
-                                  grace=settings.reservation_grace)
-            app.state.allocator = allocator
+        """Mutating mode needs a known cluster-cidr; allocate from the current one.
+
+        A changed cluster-cidr gets a new allocator at once (the claims and the index are
+        shared, so nothing held is forgotten); nodes outside the new range keep their CIDRs.
+        """
+        current: Allocator | None = app.state.allocator
+        wanted = state.cluster_cidr if settings.allocate else None
+        if current is not None and wanted and tuple(s.cluster for s in current.sets) == wanted and \
+                tuple(s.mask for s in current.sets) == tuple(
+                    state.mask_v4 if n.version == 4 else state.mask_v6 for n in wanted):
+            return
+        if current is not None:
+            current.close()
+            app.state.allocator = None
+        if wanted:
+            try:
+                app.state.allocator = Allocator(wanted, index=state.index, store=store,
+                                                mask_v4=state.mask_v4, mask_v6=state.mask_v6,
+                                                grace=settings.reservation_grace)
+            except ValueError as e:  # a mask the range cannot hold: say so, allocate nothing
+                log.error("cannot allocate from the cluster-cidr", error=str(e)[:200])
 
     ensure_allocator()
     tasks.append(asyncio.create_task(reloader.run(settings.cert_reload_interval)))
     if api is not None:
-        tasks.append(asyncio.create_task(_rediscover(api, settings, state, ensure_allocator)))
+        def on_resolution(resolution: Resolution) -> None:
+            before = state.cluster_cidr
+            _apply(settings, state, resolution)
+            if before != state.cluster_cidr:
+                log.warning("cluster-cidr changed", before=[str(n) for n in before or ()],
+                            after=[str(n) for n in state.cluster_cidr or ()], source=state.cidr_source)
+            ensure_allocator()
+
+        live = LiveSources(api, _flag(settings), settings.rules.flannel_configmaps, on_resolution)
+        watchers.extend(live.watchers)
+        tasks.extend(asyncio.create_task(w.run()) for w in live.watchers)
     log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
              cidr_source=state.cidr_source, allocate=app.state.allocator is not None)
@@ -173,30 +201,48 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         log.info("stopped")
 
 
-async def _discover(api: ApiClient, settings: Settings, state: ClusterState) -> None:
-    resolution = await discover(api, settings.cluster_cidr)
+def _flag(settings: Settings) -> CidrSource | None:
+    if not settings.cluster_cidr:
+        return None
+    return CidrSource("--cluster-cidr flag", tuple(settings.cluster_cidr),
+                      ",".join(map(str, settings.cluster_cidr)))
+
+
+def _apply(settings: Settings, state: ClusterState, resolution: Resolution) -> None:
     apply_resolution(state, resolution)
     # Mask flags given to flannel-guard win over what kube-controller-manager says.
     if settings.mask_v4:
         state.mask_v4 = settings.mask_v4
     if settings.mask_v6:
         state.mask_v6 = settings.mask_v6
+
+
+async def _discover(api: ApiClient, settings: Settings, state: ClusterState) -> None:
+    flannel = await _read_flannel(api, settings)
+    resolution = await discover(api, settings.cluster_cidr, flannel=flannel)
+    _apply(settings, state, resolution)
     log.info("cluster-cidr discovered", cluster_cidr=state.view().describe_cidr(),
              source=state.cidr_source, agree=resolution.agree, notes=list(resolution.notes),
-             absent=list(resolution.absent), mask_v4=state.mask_v4, mask_v6=state.mask_v6)
+             absent=list(resolution.absent), mask_v4=state.mask_v4, mask_v6=state.mask_v6,
+             flannel_defines=resolution.flannel_defines)
 
 
-async def _rediscover(api: ApiClient, settings: Settings, state: ClusterState,
-                      on_change: Callable[[], None]) -> None:
-    while True:
-        await asyncio.sleep(REDISCOVER_INTERVAL)
-        try:
-            before = state.cluster_cidr
-            await _discover(api, settings, state)
-            if before and state.cluster_cidr != before:
-                log.warning("cluster-cidr changed; allocation keeps the range it started with until"
-                            " restart", before=[str(n) for n in before],
-                            after=[str(n) for n in state.cluster_cidr or ()])
-            on_change()
-        except Exception:
-            log.exception("rediscovery failed")
+async def _read_flannel(api: ApiClient, settings: Settings) -> list[dict[str, Any]]:
+    """The guarded flannel ConfigMaps that exist, in their deciding order (a start-up read)."""
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    core = kubernetes.client.CoreV1Api(api)
+    out = []
+    for ns, name in guarded_order(settings.rules.flannel_configmaps):
+        def read(ns: str = ns, name: str = name) -> dict[str, Any] | None:
+            try:
+                resp = core.read_namespaced_config_map(name, ns, _preload_content=False,
+                                                       _request_timeout=(5.0, 5.0))
+                return json.loads(resp.data)
+            except (ApiException, OSError, ValueError):
+                return None  # absent or unreadable: the watch says why and follows it
+        doc = await asyncio.to_thread(read)
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
