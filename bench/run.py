@@ -268,7 +268,8 @@ def micro(repeat: int) -> dict[str, float]:
         watcher._core = _Core()  # type: ignore[assignment]
         watcher._request_timeout = 1
         _, entries = watcher._list()
-        ClusterState(cluster_cidr=None, cidr_source="bench").index.replace_all(entries)
+        ClusterState(cluster_cidr=None, cidr_source="bench").index.replace_all(
+            (name, nets) for name, nets, _ in entries)
 
     figures["index_build_15000_ms"] = min(timeit.repeat(build, number=1, repeat=max(2, repeat // 2))) * 1000
     figures["node_list_15000_mb"] = len(body) / 1e6

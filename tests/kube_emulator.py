@@ -320,6 +320,8 @@ class FakeKubeApi:
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    events: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rv = 1
@@ -327,6 +329,7 @@ class FakeKubeApi:
         self._compacted = 0  # watches from a resourceVersion below this get 410
         self._history: list[_Event] = []
         self._lease_history: list[_Event] = []  # Lease events, for watches of Leases
+        self._object_history: list[_Event] = []  # events of other namespaced objects (put_object)
         self._cond = asyncio.Condition()
         self._generation = 0  # bumped by expire(): open watches end with 410
         self._streams: dict[int, aiohttp.web.BaseRequest] = {}
@@ -367,6 +370,9 @@ class FakeKubeApi:
     def _add_routes(self, app: aiohttp.web.Application) -> None:
         """The API paths served; subclasses extend."""
         app.router.add_get("/api/v1/nodes", self._nodes)
+        app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._event_create)
+        app.router.add_patch("/api/v1/namespaces/{ns}/events/{name}", self._event_patch)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
         leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
@@ -390,6 +396,30 @@ class FakeKubeApi:
         name = obj["metadata"]["name"]
         kind = "MODIFIED" if name in self.nodes else "ADDED"
         await self._record(kind, name, copy.deepcopy(obj))
+
+    async def put_object(self, plural: str, obj: dict[str, Any]) -> None:
+        """Create or replace a namespaced object (a pod, a ConfigMap); open watches of it hear it."""
+        meta = obj["metadata"]
+        key = (plural, meta["namespace"], meta["name"])
+        async with self._cond:
+            kind = "MODIFIED" if key in self.objects else "ADDED"
+            self._rv += 1
+            stored = copy.deepcopy(obj)
+            stored["metadata"]["resourceVersion"] = str(self._rv)
+            self.objects[key] = stored
+            self._seq += 1
+            self._object_history.append(_Event(self._seq, self._rv, {
+                "type": kind, "object": stored | {"_plural": plural}}))
+            self._cond.notify_all()
+
+    async def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        async with self._cond:
+            stored = self.objects.pop((plural, namespace, name))
+            self._rv += 1
+            self._seq += 1
+            self._object_history.append(_Event(self._seq, self._rv, {
+                "type": "DELETED", "object": stored | {"_plural": plural}}))
+            self._cond.notify_all()
 
     async def delete_node(self, name: str) -> None:
         """Delete a Node; open watches get DELETED."""
@@ -419,6 +449,10 @@ class FakeKubeApi:
             if request.transport is not None:
                 request.transport.abort()
         self._streams.clear()
+
+    def claims(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The podCIDR claim Leases (not the assigning loop's leader-election Lease)."""
+        return {k: v for k, v in list(self.leases.items()) if k[1].startswith("podcidr-")}
 
     def watches(self) -> list[Seen]:
         return [r for r in self.requests if r.path == "/api/v1/nodes" and r.query.get("watch") == "true"]
@@ -459,6 +493,43 @@ class FakeKubeApi:
             request.transport.abort()
             return aiohttp.web.Response(status=500)
         return None
+
+    async def _patch_node(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        """A merge patch of a Node (spec only), with the API server's podCIDR immutability."""
+        self._seen(request)
+        name = request.match_info["name"]
+        patch = await request.json()
+        if name not in self.nodes:
+            return aiohttp.web.json_response(self._status(404, "NotFound", f'nodes "{name}" not found'),
+                                             status=404)
+        current = copy.deepcopy(self.nodes[name])
+        spec = current.setdefault("spec", {})
+        new = (patch or {}).get("spec") or {}
+        if spec.get("podCIDRs") and new.get("podCIDRs") and new["podCIDRs"] != spec["podCIDRs"]:
+            return aiohttp.web.json_response(self._status(
+                422, "Invalid", "spec.podCIDRs: Forbidden: node updates may not change podCIDR except"
+                " from \"\" to valid"), status=422)
+        spec.update(new)
+        self.patches.append((name, new))
+        await self.put_node(current)
+        return aiohttp.web.json_response(self.nodes[name])
+
+    async def _event_create(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        body = await request.json()
+        key = (request.match_info["ns"], body["metadata"]["name"])
+        if key in self.events:
+            return aiohttp.web.json_response(self._status(409, "AlreadyExists", "exists"), status=409)
+        self.events[key] = body
+        return aiohttp.web.json_response(body, status=201)
+
+    async def _event_patch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        self._seen(request)
+        key = (request.match_info["ns"], request.match_info["name"])
+        if key not in self.events:
+            return aiohttp.web.json_response(self._status(404, "NotFound", "no such event"), status=404)
+        self.events[key].update(await request.json())
+        return aiohttp.web.json_response(self.events[key])
 
     async def _lease_create(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)
@@ -530,13 +601,16 @@ class FakeKubeApi:
                 (meta.get("labels") or {}).get(k) == v for k, v in wanted.items())
 
         if request.query.get("watch") in ("true", "1"):
-            return await self._lease_watch(request, matches)
+            return await self._watch_objects(request, matches, self._lease_history,
+                                             lambda: list(self.leases.values()))
         items = [copy.deepcopy(obj) for (n, _), obj in self.leases.items() if n == ns and matches(obj)]
         return aiohttp.web.json_response({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
                                           "metadata": {"resourceVersion": str(self._rv)}, "items": items})
 
-    async def _lease_watch(self, request: aiohttp.web.Request, matches: Any) -> aiohttp.web.StreamResponse:
-        """A watch of Leases: every event after ``resourceVersion`` (ADDED for all, from 0)."""
+    async def _watch_objects(self, request: aiohttp.web.Request, matches: Any, history: list[_Event],
+                             current: Any) -> aiohttp.web.StreamResponse:
+        """A watch of Leases or other namespaced objects: every event after ``resourceVersion``
+        (ADDED for all that exist, from 0), filtered by ``matches``."""
         start = int(request.query.get("resourceVersion") or 0)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -549,16 +623,17 @@ class FakeKubeApi:
         try:
             async with self._cond:
                 if not start:
-                    initial = [copy.deepcopy(o) for o in self.leases.values() if matches(o)]
+                    initial = [copy.deepcopy(o) for o in current() if matches(o)]
                     start = self._rv
                 else:
                     initial = []
-                seq = next((e.seq - 1 for e in self._lease_history if e.rv > start), self._seq)
+                seq = next((e.seq - 1 for e in history if e.rv > start), self._seq)
             for obj in initial:
+                obj.pop("_plural", None)
                 await resp.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
             while True:
                 async with self._cond:
-                    pending = [e for e in self._lease_history if e.seq > seq]
+                    pending = [e for e in history if e.seq > seq]
                     if not pending:
                         remaining = deadline - loop.time()
                         if remaining <= 0 or self._generation != generation:
@@ -569,7 +644,9 @@ class FakeKubeApi:
                 for event in pending:
                     seq = event.seq
                     if matches(event.body["object"]):
-                        await resp.write(json.dumps(event.body).encode() + b"\n")
+                        body = {"type": event.body["type"], "object": {
+                            k: v for k, v in event.body["object"].items() if k != "_plural"}}
+                        await resp.write(json.dumps(body).encode() + b"\n")
             await resp.write_eof()
         except (ConnectionError, RuntimeError):
             pass
@@ -699,10 +776,23 @@ class FakeKubeApi:
         ns, plural = request.match_info["ns"], request.match_info["plural"]
         selector = request.query.get("labelSelector", "")
         wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        fields = request.query.get("fieldSelector", "")
+        named = dict(part.split("=", 1) for part in fields.split(",") if "=" in part).get("metadata.name")
+
+        def matches(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return (obj.get("_plural", plural) == plural and meta.get("namespace", ns) == ns
+                    and (named is None or meta.get("name") == named)
+                    and all((meta.get("labels") or {}).get(k) == v for k, v in wanted.items()))
+
+        if request.query.get("watch") in ("true", "1"):
+            def current() -> list[dict[str, Any]]:
+                return [o | {"_plural": p} for (p, n, _), o in self.objects.items()
+                        if p == plural and n == ns]
+            return await self._watch_objects(request, matches, self._object_history, current)
         items = [
             copy.deepcopy(obj) for (p, n, _), obj in self.objects.items()
-            if p == plural and n == ns
-            and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+            if p == plural and n == ns and matches(obj)
         ]
         return aiohttp.web.json_response({"apiVersion": "v1", "kind": "List",
                                           "metadata": {"resourceVersion": str(self._rv)}, "items": items})

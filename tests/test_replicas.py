@@ -74,8 +74,8 @@ def test_500_concurrent_nodes_on_two_replicas_get_500_distinct_cidrs(tmp_path: P
     assert all(c.prefixlen == 24 and c.subnet_of(ipaddress.ip_network("10.244.0.0/14")) for c in got)
     ordered = sorted(got)
     assert all(not a.overlaps(b) for a, b in itertools.pairwise(ordered))
-    assert len(api.api.leases) == 500
-    holders = {lease["spec"]["holderIdentity"] for lease in api.api.leases.values()}
+    assert len(api.api.claims()) == 500
+    holders = {lease["spec"]["holderIdentity"] for lease in api.api.claims().values()}
     assert holders == {f"worker-{i:04d}" for i in range(500)}
 
 
@@ -93,4 +93,4 @@ def test_a_range_smaller_than_the_nodes_admits_the_rest_without_a_podcidr_and_do
     assert len(got) == 16 and len(set(got)) == 16
     assert len(without) == 484
     assert all(any("holds 16 node CIDR(s) of /28" in w for w in r["warnings"]) for r in without)
-    assert len(api.api.leases) == 16
+    assert len(api.api.claims()) == 16

@@ -159,8 +159,13 @@ class Allocator:
         mask_v6: int = 64,
         grace: float = 600.0,
         clock: Callable[[], float] = time.time,
+        service_ranges: Sequence[IPNetwork] = (),
     ) -> None:
         self._alloc = DualStackAllocator.from_index(cluster_cidr, index, mask_v4=mask_v4, mask_v6=mask_v6)
+        # As kube-controller-manager's range allocator (range_allocator.go filterOutServiceRange):
+        # every node block that overlaps the service range is used.
+        self._service = tuple(service_ranges)
+        self._alloc.occupy(self._service)
         self._index = index
         self._store = store
         self._book = store.book
@@ -208,6 +213,8 @@ class Allocator:
             self._alloc.occupy([other])
         for _, other in self._book.index.overlapping(cidr, limit=1 << 20):
             self._alloc.occupy([other])
+        self._alloc.occupy(n for n in self._service
+                           if n.version == cidr.version and n.overlaps(cidr))  # type: ignore[arg-type]
 
     def _held(self, node: str) -> dict[int, Claim]:
         """The node's claims that fit the current sets, one per family."""

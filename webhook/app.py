@@ -34,6 +34,7 @@ from webhook.constants import (
     ROUTE_READYZ,
     ROUTE_VALIDATE,
 )
+from webhook.events import EventRecorder
 from webhook.rules import ReviewInput, Severity, Verdict, claim_verdict, decide, review
 from webhook.rules.configmap import is_flannel_configmap
 from webhook.rules.fixnetwork import fix_network
@@ -124,6 +125,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     # Set later by the server when the cluster-cidr becomes known (mutating mode).
     app.state.allocator = allocator
     app.state.claimer = claimer
+    app.state.events = None  # an EventRecorder once there is an API to write Events to
 
     def notes(view_notes: tuple[str, ...]) -> tuple[str, ...]:
         if not state.ready:
@@ -151,6 +153,8 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
         suggestion = (suggest_free(view.cluster_cidr, view.mask_for, state.index, claimer.book)
                       if outcome.status == "conflict" else [])
         verdict = claim_verdict(verdict, outcome, settings.mode, name, suggestion, settings.on_claim_failure)
+        if outcome.status == "conflict" and app.state.events is not None and not req.dry_run:
+            app.state.events.warning(name, "PodCIDRClaimRefused", verdict.message or verdict.warnings[0])
         if settings.standalone and verdict.allowed and outcome.ok and not req.dry_run:
             # Standalone: the index holds what this process admitted and claimed, nothing else.
             state.index.set(name, wanted)
@@ -162,7 +166,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
                 # Without the node index and the claims a free CIDR cannot be told from a used one.
                 return Verdict(allowed=True, warnings=(
                     "flannel-guard: not ready (node index not loaded); no podCIDR assigned",))
-            return await mutate_node(req, app.state.allocator, settings)
+            return await mutate_node(req, app.state.allocator, settings, app.state.events)
         if (req.kind == "ConfigMap" and settings.fix_network and req.operation in ("CREATE", "UPDATE")
                 and is_flannel_configmap(req.object, settings.rules, req.namespace)):
             fix = fix_network(req.object, state.view())
@@ -229,7 +233,8 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     return app
 
 
-async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings) -> Verdict:
+async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings,
+                      events: EventRecorder | None = None) -> Verdict:
     """Give a Node without podCIDRs one per cluster-cidr family, reserved first, as a JSONPatch."""
     if req.operation not in ("CREATE", "UPDATE") or pod_cidrs(req.object):
         return Verdict(allowed=True)
@@ -243,6 +248,8 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
     except RangeExhaustedError as e:
         # As kube-controller-manager's range allocator: the Node registers without a podCIDR
         # (it records CIDRNotAvailable); a denial would keep the node out of the cluster.
+        if events is not None and not req.dry_run:
+            events.warning(name, "CIDRNotAvailable", f"Node {name} status is now: CIDRNotAvailable ({e})")
         return Verdict(allowed=True, warnings=(
             f"flannel-guard: no free podCIDR for node {name[:60]}: {e}"[:256],))
     except StoreUnavailable as e:
@@ -252,6 +259,9 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
             return Verdict(allowed=False, code=503, reason="ReservationFailed", message=text)
         return Verdict(allowed=True, warnings=(text[:256],))
     values = [str(c) for c in cidrs]
+    if events is not None and not req.dry_run:
+        events.normal(name, "PodCIDRAssigned", f"flannel-guard assigned podCIDR {','.join(values)}"
+                      f" to node {name} (at registration)")
     if isinstance((req.object or {}).get("spec"), dict):
         patch = [{"op": "add", "path": "/spec/podCIDR", "value": values[0]},
                  {"op": "add", "path": "/spec/podCIDRs", "value": values}]

@@ -151,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="when the claim of a podCIDR being written cannot be stored: deny the write"
                             " (default: the writer retries; a duplicate is never admitted) or admit it"
                             " with a warning")
+    serve.add_argument("--leader-lease-duration", type=int,
+                       default=int(env_default("leader_lease_duration", "15") or 15),
+                       help="seconds a leader of the assigning loop holds its Lease without renewing it"
+                            " (default 15; the other replica takes over after that)")
     serve.add_argument("--reservation-grace", type=float,
                        default=float(env_default("reservation_grace", "600") or 600),
                        help="seconds before a reservation is reclaimed (default 600)")
@@ -248,7 +252,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cluster_cidr=_cidr_arg(cidr_text), mask_v4=args.mask_v4, mask_v6=args.mask_v6,
         rules=_rule_settings(args, Severity.ERROR), log_level=args.log_level,
         allocate=args.allocate == "on", on_reservation_failure=args.on_reservation_failure,
-        on_claim_failure=args.on_claim_failure,
+        on_claim_failure=args.on_claim_failure, leader_lease_duration=args.leader_lease_duration,
         reservation_grace=args.reservation_grace, fix_network=args.fix_network,
         namespace=args.namespace, cert_reload_interval=args.cert_reload_interval,
         shutdown_delay=args.shutdown_delay,

@@ -32,6 +32,7 @@ carry, and the operator sees it in ``kubectl`` output.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -169,9 +170,20 @@ def apply_resolution(state: ClusterState, resolution: Resolution) -> None:
     # Sources holding different values: the effective one may be wrong (no automatic fixes then).
     # The flannel ConfigMap as the only source is not a disagreement with itself.
     defined_by = resolution.effective.ref if resolution.flannel_defines and resolution.effective else None
-    state.set_cidr(resolution.networks, origin, resolution.notes,
+    notes = resolution.notes
+    if resolution.networks:
+        # Nodes outside a (new) cluster-cidr keep their podCIDRs: a set podCIDR never changes.
+        count, sample = state.index.outside(resolution.networks, limit=2)
+        if count:
+            named = ", ".join(f"{n} ({c})" for n, c in sample)
+            cidr = ",".join(map(str, resolution.networks))
+            notes = (*notes, f"{count} node podCIDR(s) outside the cluster-cidr {cidr}, e.g. {named};"
+                             " they keep them"[:199])
+    state.set_cidr(resolution.networks, origin, notes,
                    disputed=not resolution.agree and not resolution.flannel_defines,
                    flannel_defines=resolution.flannel_defines, defined_by=defined_by)
+    state.kcm_allocates = resolution.allocate_node_cidrs is True
+    state.service_ranges = resolution.service.networks if resolution.service else ()
 
 
 def staleness_note(state: ClusterState, now: float, bound: float = STALENESS_BOUND) -> str | None:
@@ -194,7 +206,8 @@ def staleness_note(state: ClusterState, now: float, bound: float = STALENESS_BOU
 
 # --- the node watcher -----------------------------------------------------------------------
 
-Entry = tuple[str, tuple[IPNetwork, ...]]
+#: A Node as kept: its name, the podCIDRs that parse, and whether it has any podCIDR at all.
+Entry = tuple[str, tuple[IPNetwork, ...], bool]
 #: Nodes per list page (client-go's reflector pages by 500 too).
 LIST_PAGE = 500
 
@@ -209,10 +222,11 @@ def _entry(obj: dict[str, Any]) -> Entry | None:
     if not name:
         return None
     nets: list[IPNetwork] = []
-    for text in pod_cidrs(obj):
+    texts = pod_cidrs(obj)
+    for text in texts:
         with contextlib.suppress(CidrError):
             nets.append(parse_cidr(text).network)
-    return name, tuple(nets)
+    return name, tuple(nets), bool(texts)
 
 
 def _lines(resp: Any) -> Iterator[bytes]:
@@ -258,6 +272,7 @@ class Reflector:
         self._response: Any = None
         self._gone_streak = 0  # 410s in a row without an event in between
         self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         #: Set once the first list has been applied.
         self.synced = asyncio.Event()
         #: Counters for tests and metrics.
@@ -266,6 +281,17 @@ class Reflector:
         self.failures = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in this reflector's own thread, never in the loop's default executor.
+
+        A watch holds its thread for minutes; several of them in the default pool (a few
+        workers on a small machine) would leave none for the short calls admissions await.
+        """
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"watch-{self.what}"[:40])
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -309,6 +335,8 @@ class Reflector:
         if resp is not None:
             with contextlib.suppress(Exception):
                 resp.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     async def run(self, max_cycles: int | None = None) -> None:
         """Keep the index current until stopped, or for ``max_cycles`` cycles (tests)."""
@@ -350,7 +378,7 @@ class Reflector:
 
     async def _cycle(self) -> None:
         if self._resource_version is None:
-            rv, entries = await asyncio.to_thread(self._list)
+            rv, entries = await self._in_thread(self._list)
             self._replace(entries)
             self._resource_version = rv
             self.lists += 1
@@ -358,7 +386,7 @@ class Reflector:
             self.synced.set()
             self.consecutive_failures = 0
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._watch, lambda ev: loop.call_soon_threadsafe(self._apply, ev))
+        await self._in_thread(self._watch, lambda ev: loop.call_soon_threadsafe(self._apply, ev))
         # The server ended the watch cleanly (timeoutSeconds): the API is there.
         self._confirmed()
 
@@ -474,13 +502,17 @@ class NodeWatcher(Reflector):
         return node_name(obj)
 
     def _replace(self, entries: list[Any]) -> None:
-        self._state.index.replace_all(entries)
+        self._state.index.replace_all((name, nets) for name, nets, _ in entries)
+        self._state.set_unassigned({name for name, _, has in entries if not has})
 
     def _upsert(self, entry: Any) -> None:
-        self._state.index.set(*entry)
+        name, nets, has = entry
+        self._state.index.set(name, nets)
+        self._state.mark_assigned(name, has)
 
     def _delete(self, key: Any) -> None:
         self._state.index.remove(key)
+        self._state.mark_assigned(key, True)
 
     def _confirmed(self) -> None:
         self._state.mark_synced()

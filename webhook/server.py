@@ -9,11 +9,15 @@ rotated pair into the very context the listener uses.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import os
 import signal
+import socket
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -23,11 +27,14 @@ from kubernetes.client import ApiClient
 
 from webhook.allocator import Allocator, ClaimStore, MemoryStore
 from webhook.app import create_app
+from webhook.assigner import Assigner
 from webhook.certs import CertReloader, server_ssl_context
 from webhook.claimer import Claimer
 from webhook.claims import ClaimBook
 from webhook.cluster import NodeWatcher, Reflector, api_client, apply_resolution, discover
 from webhook.discovery import CidrSource, Resolution
+from webhook.events import EventRecorder
+from webhook.leader import LeaderElector
 from webhook.leases import LeaseStore, LeaseWatcher
 from webhook.settings import Settings
 from webhook.sources import LiveSources, guarded_order
@@ -115,11 +122,17 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     discovered (and rediscovered every 5 minutes), the index follows a watch of
     Nodes, reservations are Leases in ``settings.namespace``.
     """
+    # The API calls admissions await (claims, reads) run in worker threads: enough of them that
+    # a burst of registrations is not served six at a time (the default on two cores).
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="api"))
     state = ClusterState(cluster_cidr=settings.cluster_cidr, cidr_source=cidr_source,
                          mask_v4=settings.mask_v4 or 24, mask_v6=settings.mask_v6 or 64)
     tasks: list[asyncio.Task[None]] = []
     api = None
     watchers: list[Reflector] = []
+    stoppers: list[Callable[[], None]] = []
+    events: EventRecorder | None = None
     store: ClaimStore
     book = ClaimBook()
     if settings.standalone:
@@ -139,12 +152,14 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
             state.claims_ready = True
         tasks.append(asyncio.create_task(claims_listed()))
         store = LeaseStore(api, settings.namespace, book, duration=int(settings.reservation_grace))
+        events = EventRecorder(api, _identity())
     # A claim younger than this is the node's own without a write (well inside the grace).
     claimer = Claimer(store, state.index, fresh=min(60.0, settings.reservation_grace / 4),
                       grace=settings.reservation_grace)
     tasks.append(asyncio.create_task(claimer.run_reclaimer(min(60.0, settings.reservation_grace))))
     server, reloader = build_server(settings, state, claimer=claimer)
     app = server.config.app
+    app.state.events = events
 
     def ensure_allocator() -> None:
         """Mutating mode needs a known cluster-cidr; allocate from the current one.
@@ -154,18 +169,19 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         """
         current: Allocator | None = app.state.allocator
         wanted = state.cluster_cidr if settings.allocate else None
-        if current is not None and wanted and tuple(s.cluster for s in current.sets) == wanted and \
-                tuple(s.mask for s in current.sets) == tuple(
-                    state.mask_v4 if n.version == 4 else state.mask_v6 for n in wanted):
+        key = (wanted, state.mask_v4, state.mask_v6, state.service_ranges)
+        if current is not None and getattr(current, "key", None) == key:
             return
         if current is not None:
             current.close()
             app.state.allocator = None
         if wanted:
             try:
-                app.state.allocator = Allocator(wanted, index=state.index, store=store,
-                                                mask_v4=state.mask_v4, mask_v6=state.mask_v6,
-                                                grace=settings.reservation_grace)
+                allocator = Allocator(wanted, index=state.index, store=store, mask_v4=state.mask_v4,
+                                      mask_v6=state.mask_v6, grace=settings.reservation_grace,
+                                      service_ranges=state.service_ranges)
+                allocator.key = key  # type: ignore[attr-defined]
+                app.state.allocator = allocator
             except ValueError as e:  # a mask the range cannot hold: say so, allocate nothing
                 log.error("cannot allocate from the cluster-cidr", error=str(e)[:200])
 
@@ -183,6 +199,16 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         live = LiveSources(api, _flag(settings), settings.rules.flannel_configmaps, on_resolution)
         watchers.extend(live.watchers)
         tasks.extend(asyncio.create_task(w.run()) for w in live.watchers)
+        # Every Node gets a podCIDR: the loop runs on the elected replica while flannel-guard
+        # is the allocator (kube-controller-manager does not allocate).
+        duration = settings.leader_lease_duration
+        elector = LeaderElector(api, settings.namespace, _identity(), lease_duration=duration,
+                                renew_deadline=max(2, duration * 2 // 3), retry_period=max(1, duration // 5))
+        elector.start()
+        stoppers.append(elector.stop)
+        assigner = Assigner(api, state, lambda: app.state.allocator, events=app.state.events,
+                            enabled=lambda: settings.allocate and not state.kcm_allocates)
+        tasks.append(asyncio.create_task(assigner.run(elector.leading)))
     log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
              cidr_source=state.cidr_source, allocate=app.state.allocator is not None)
@@ -192,6 +218,8 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         state.ready = False
         for w in watchers:
             w.stop()
+        for stop in stoppers:
+            stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,6 +227,15 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         if api is not None:
             api.close()
         log.info("stopped")
+
+
+_IDENTITY = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:12]}"
+
+
+def _identity() -> str:
+    """This replica's name in the leader election and its Events: the pod (else the host) and a
+    random suffix, as client-go's leader election examples do, so two processes never share one."""
+    return _IDENTITY
 
 
 def _flag(settings: Settings) -> CidrSource | None:

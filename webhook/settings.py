@@ -55,6 +55,8 @@ class Settings:
     on_claim_failure: str = "deny"
     # Seconds a reservation lives before it is reclaimed (its node then holds the CIDR itself).
     reservation_grace: float = 600.0
+    # The assigning loop's leader election: seconds a leader's Lease lasts without renewal.
+    leader_lease_duration: int = 15
     # Correct a flannel ConfigMap's Network to the cluster-cidr instead of refusing it.
     fix_network: bool = False
     namespace: str = "flannel-guard"

@@ -8,6 +8,7 @@ the same object current from a list and a watch.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ class ClusterState:
     disputed: bool = False
     flannel_defines: bool = False
     defined_by: str | None = None
+    # kube-controller-manager runs with --allocate-node-cidrs=true (then it assigns, not the loop).
+    kcm_allocates: bool = False
+    # --service-cluster-ip-range: node blocks overlapping it are never handed out.
+    service_ranges: tuple[IPNetwork, ...] = ()
     index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
     ready: bool = False
     # The claims (reservation Leases) have been listed once (always true in standalone mode).
@@ -38,6 +43,9 @@ class ClusterState:
     # Monotonic time of the last confirmation from the API (None: never / standalone).
     last_sync: float | None = None
     _view: ClusterView | None = field(default=None, repr=False)
+    # Stored Nodes without any podCIDR (live mode), and an event set when one appears.
+    unassigned: set[str] = field(default_factory=set)
+    unassigned_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # Recently deleted nodes and the podCIDRs they had, newest last (bounded).
     departed: OrderedDict[str, tuple[IPNetwork, ...]] = field(default_factory=OrderedDict, repr=False)
 
@@ -94,6 +102,19 @@ class ClusterState:
 
     def forget_node(self, name: str) -> None:
         self.index.remove(name)
+
+    def set_unassigned(self, names: set[str]) -> None:
+        self.unassigned = names
+        if names:
+            self.unassigned_changed.set()
+
+    def mark_assigned(self, name: str, assigned: bool) -> None:
+        """A Node with (True) or without (False) a podCIDR, or gone (True)."""
+        if assigned:
+            self.unassigned.discard(name)
+        elif name not in self.unassigned:
+            self.unassigned.add(name)
+            self.unassigned_changed.set()
 
     def mark_synced(self) -> None:
         self.last_sync = time.monotonic()

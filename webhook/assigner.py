@@ -1,0 +1,110 @@
+"""Every Node gets a podCIDR: the loop that patches Nodes stored without one.
+
+Nodes that register while no replica answers ``/mutate`` (``failurePolicy:
+Ignore``, a rollout, a bad certificate), or that were admitted without one while
+the range was exhausted, are stored without a podCIDR, and flannel on them
+fails with ``pod cidr not assigned``. While flannel-guard is the allocator
+(kube-controller-manager does not allocate), the replica that leads
+(:class:`~webhook.leader.LeaderElector`) finds them in the node index and gives
+each a free CIDR, claimed as admission claims (:class:`~webhook.allocator.Allocator`),
+with a merge patch of ``spec.podCIDR(s)``, as kube-controller-manager's range
+allocator does (``pkg/controller/nodeipam/ipam/range_allocator.go``).
+
+Leadership only avoids duplicate work: safety comes from the claims. Two leaders
+for a moment (a lost renewal) still never give one CIDR twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import kubernetes.client
+import structlog
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.events import EventRecorder
+from webhook.state import ClusterState
+
+__all__ = ["Assigner"]
+
+log = structlog.get_logger("flannel_guard.assigner")
+
+
+class Assigner:
+    """Patches stored Nodes without a podCIDR while ``leading`` is set and ``enabled()`` holds."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, state: ClusterState,
+                 allocator: Callable[[], Allocator | None], *, enabled: Callable[[], bool],
+                 events: EventRecorder | None = None, batch: int = 100, interval: float = 10.0) -> None:
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._state = state
+        self._allocator = allocator
+        self._enabled = enabled
+        self._events = events
+        self._batch = batch
+        self._interval = interval
+        self.assigned = 0
+        self.passes = 0
+
+    async def run(self, leading: asyncio.Event) -> None:
+        """Until cancelled: while leading, a pass at every new unassigned Node (or each ``interval``)."""
+        while True:
+            await leading.wait()
+            self._state.unassigned_changed.clear()
+            try:
+                await self.pass_once(leading)
+            except Exception:
+                log.exception("assigning pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state.unassigned_changed.wait(), self._interval)
+
+    async def pass_once(self, leading: asyncio.Event | None = None) -> int:
+        """Give up to ``batch`` unassigned Nodes a podCIDR; return how many were patched."""
+        self.passes += 1
+        allocator = self._allocator()
+        if allocator is None or not self._enabled() or not self._state.ready:
+            return 0
+        done = 0
+        for name in sorted(self._state.unassigned)[: self._batch]:
+            if leading is not None and not leading.is_set():
+                break
+            try:
+                cidrs = await allocator.assign(name)
+            except RangeExhaustedError as e:
+                if self._events is not None:
+                    self._events.warning(name, "CIDRNotAvailable",
+                                         f"Node {name} status is now: CIDRNotAvailable ({e})")
+                break
+            except StoreUnavailable as e:
+                log.warning("podCIDR not claimed; next pass retries", node=name[:253], error=str(e)[:200])
+                break
+            if await self._patch(name, [str(c) for c in cidrs]):
+                done += 1
+                self._state.mark_assigned(name, True)
+                if self._events is not None:
+                    self._events.normal(name, "PodCIDRAssigned",
+                                        f"flannel-guard assigned podCIDR {','.join(map(str, cidrs))}"
+                                        f" to node {name} (the node had none)")
+        self.assigned += done
+        return done
+
+    async def _patch(self, name: str, cidrs: list[str]) -> bool:
+        body = {"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}}
+        try:
+            await asyncio.to_thread(self._core.patch_node, name, body,
+                                    _content_type="application/merge-patch+json",
+                                    _request_timeout=(5.0, 10.0), _preload_content=False)
+        except ApiException as e:
+            # 404: the node is gone (its claims are released with it); 422/403/409: another
+            # writer set it meanwhile, or a webhook refused: the watch shows what it has now.
+            log.info("node not patched", node=name[:253], status=e.status, reason=(e.reason or "")[:80])
+            return False
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            log.warning("node not patched", node=name[:253], error=f"{type(e).__name__}: {e}"[:200])
+            return False
+        log.info("podCIDR assigned", node=name[:253], pod_cidrs=cidrs)
+        return True
