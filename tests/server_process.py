@@ -82,7 +82,8 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def serve(tmp: Path, *args: str, client_cert: tuple[Path, Path] | None = None,
-          env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+          env: dict[str, str] | None = None,
+          cluster_cidr: str | None = "10.244.0.0/16") -> Iterator[ServerProcess]:
     """``python -m webhook serve`` with a fresh CA and pair in ``tmp``; yields once /readyz is 200.
 
     Standalone with 10.244.0.0/16 unless ``args`` say otherwise (``--kubeconfig`` turns
@@ -95,7 +96,8 @@ def serve(tmp: Path, *args: str, client_cert: tuple[Path, Path] | None = None,
     mode = [] if "--kubeconfig" in args else ["--standalone"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", *mode, "--cluster-cidr", "10.244.0.0/16",
+            [sys.executable, "-m", "webhook", "serve", *mode,
+             *(["--cluster-cidr", cluster_cidr] if cluster_cidr else []),
              "--port", str(port), "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
              *args],
             env={**os.environ, "POD_NAMESPACE": NAMESPACE, **(env or {})},

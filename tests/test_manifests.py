@@ -412,9 +412,11 @@ def test_webhook_policies_fail_safe(rendered: dict[str, list[Obj]], variant: str
 Grant = tuple[str, str, str, str, tuple[str, ...]]
 CM_NAMES = ("kube-proxy", "kubeadm-config")
 EXPECTED_GRANTS: set[Grant] = {
-    *{("*", "", "nodes", v, ()) for v in ("list", "watch")},
-    ("kube-system", "", "configmaps", "get", CM_NAMES),
-    ("kube-system", "", "pods", "list", ()),
+    *{("*", "", "nodes", v, ()) for v in ("list", "watch", "patch")},
+    *{("*", "", "configmaps", v, ("kube-flannel-cfg",)) for v in ("get", "list", "watch")},
+    *{("kube-system", "", "configmaps", v, CM_NAMES) for v in ("get", "list", "watch")},
+    *{("kube-system", "", "pods", v, ()) for v in ("list", "watch")},
+    *{("default", "", "events", v, ()) for v in ("create", "patch")},
     *{(NAMESPACE, "coordination.k8s.io", "leases", v, ())
       for v in ("get", "list", "watch", "create", "update", "delete")},
 }
@@ -446,8 +448,8 @@ def test_rbac_grants_exactly_the_least_privilege_set(rendered: dict[str, list[Ob
     found = grants(rendered["default"])
     assert not [g for g in found if "*" in g[1:4]], "no wildcards"
     assert not [g for g in found if g[2] == "secrets"], "no Secrets"
-    cluster_wide = {g[3] for g in found if g[0] == "*"}
-    assert cluster_wide <= {"get", "list", "watch"}, "no cluster-wide writes"
+    cluster_wide_writes = {(g[2], g[3]) for g in found if g[0] == "*" and g[3] not in ("get", "list", "watch")}
+    assert cluster_wide_writes == {("nodes", "patch")}, "the only cluster-wide write: a Node's podCIDR"
 
 
 # kubernetes client method -> resource: (apiGroup, plural). A new API call in

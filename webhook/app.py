@@ -130,8 +130,8 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     def notes(view_notes: tuple[str, ...]) -> tuple[str, ...]:
         if not state.ready:
             return (*view_notes, "node index not loaded yet: overlaps with existing nodes not checked")
-        stale = staleness_note(state, time.monotonic())
-        return (*view_notes, stale) if stale else view_notes
+        extra = [n for n in (staleness_note(state, time.monotonic()), state.outside_note()) if n]
+        return (*view_notes, *extra) if extra else view_notes
 
     async def validate(req: ReviewInput) -> Verdict:
         view = state.view()

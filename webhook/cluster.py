@@ -171,14 +171,6 @@ def apply_resolution(state: ClusterState, resolution: Resolution) -> None:
     # The flannel ConfigMap as the only source is not a disagreement with itself.
     defined_by = resolution.effective.ref if resolution.flannel_defines and resolution.effective else None
     notes = resolution.notes
-    if resolution.networks:
-        # Nodes outside a (new) cluster-cidr keep their podCIDRs: a set podCIDR never changes.
-        count, sample = state.index.outside(resolution.networks, limit=2)
-        if count:
-            named = ", ".join(f"{n} ({c})" for n, c in sample)
-            cidr = ",".join(map(str, resolution.networks))
-            notes = (*notes, f"{count} node podCIDR(s) outside the cluster-cidr {cidr}, e.g. {named};"
-                             " they keep them"[:199])
     state.set_cidr(resolution.networks, origin, notes,
                    disputed=not resolution.agree and not resolution.flannel_defines,
                    flannel_defines=resolution.flannel_defines, defined_by=defined_by)

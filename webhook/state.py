@@ -103,6 +103,22 @@ class ClusterState:
     def forget_node(self, name: str) -> None:
         self.index.remove(name)
 
+    def outside_note(self) -> str | None:
+        """Nodes whose podCIDRs lie outside the cluster-cidr (it changed): they keep them.
+
+        A set podCIDR never changes (the API server refuses it), so nothing reassigns them;
+        this says so on every response until they are drained and re-registered.
+        """
+        if not self.cluster_cidr or not len(self.index):
+            return None
+        count, sample = self.index.outside(self.cluster_cidr, limit=2)
+        if not count:
+            return None
+        named = ", ".join(f"{n[:60]} ({c})" for n, c in sample)
+        cidr = ",".join(map(str, self.cluster_cidr))
+        return (f"{count} node podCIDR(s) outside the cluster-cidr {cidr}, e.g. {named}; they keep"
+                " them (drain and re-register those nodes to move them)")[:240]
+
     def set_unassigned(self, names: set[str]) -> None:
         self.unassigned = names
         if names:
