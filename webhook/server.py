@@ -14,20 +14,25 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
 from kubernetes.client import ApiClient
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.allocator import Allocator, MemoryStore, ReservationStore
-from webhook.app import create_app
+from webhook.app import Metrics, create_app
 from webhook.certs import CertReloader, server_ssl_context
 from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover
+from webhook.constants import ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_READYZ
 from webhook.leases import LeaseStore
 from webhook.settings import Settings
 from webhook.state import ClusterState
 
-__all__ = ["build_server", "serve"]
+__all__ = ["build_probe_server", "build_server", "probe_app", "serve"]
 
 log = structlog.get_logger("flannel_guard")
 
@@ -96,6 +101,59 @@ def build_server(settings: Settings, state: ClusterState,
     return _Server(config, state, settings.shutdown_delay), reloader
 
 
+def probe_app(state: ClusterState, metrics: Metrics) -> FastAPI:
+    """``--probe-port``'s plain-HTTP app: /healthz, /readyz and /metrics, nothing else.
+
+    Apart from the webhook port (as controller-runtime's ``HealthProbeBindAddress`` and
+    ``metrics.BindAddress``) so that ``--client-ca`` on that port, which refuses callers
+    without a client certificate during the handshake, never refuses the kubelet's
+    probes (they present none) or a Prometheus scrape. Plain HTTP: the kubelet's
+    probes need no certificate, and a scrape through the pod IP (hostNetwork: the
+    node's address) matches no SAN of the serving certificate. Nothing here takes
+    input or tells a secret: counts, durations and pool sizes.
+    """
+    app = FastAPI(title="flannel-guard probes", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get(ROUTE_HEALTHZ)
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get(ROUTE_READYZ)
+    async def readyz() -> Response:
+        if state.ready:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)
+
+    @app.get(ROUTE_METRICS)
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _ProbeServer(uvicorn.Server):
+    """A second uvicorn server in the same event loop; the webhook server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn before capture_signals
+        pass
+
+
+def build_probe_server(settings: Settings, state: ClusterState, metrics: Metrics) -> _ProbeServer:
+    """The plain-HTTP probes and metrics listener on ``settings.probe_port``."""
+    config = uvicorn.Config(
+        probe_app(state, metrics), host=settings.host, port=settings.probe_port,
+        log_config=None, access_log=False, server_header=False, lifespan="off",
+        timeout_keep_alive=30, timeout_graceful_shutdown=5,
+        # Probes and scrapes are a few small GETs: bound what one listener accepts.
+        limit_concurrency=64,
+    )
+    return _ProbeServer(config)
+
+
 REDISCOVER_INTERVAL = 300.0
 
 
@@ -124,6 +182,12 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         store = LeaseStore(api, settings.namespace, duration=int(settings.reservation_grace))
     server, reloader = build_server(settings, state)
     app = server.config.app
+    app.state.metrics.observe(state, lambda: app.state.allocator)
+    probe: _ProbeServer | None = None
+    probe_task: asyncio.Task[Any] | None = None
+    if settings.probe_port:
+        probe = build_probe_server(settings, state, app.state.metrics)
+        probe_task = asyncio.create_task(probe.serve())
 
     def ensure_allocator() -> None:
         """Mutating mode needs a known cluster-cidr; start allocating once there is one."""
@@ -139,13 +203,19 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     tasks.append(asyncio.create_task(reloader.run(settings.cert_reload_interval)))
     if api is not None:
         tasks.append(asyncio.create_task(_rediscover(api, settings, state, ensure_allocator)))
-    log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
+    log.info("serving", host=settings.host, port=settings.port, probe_port=settings.probe_port,
+             mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
              cidr_source=state.cidr_source, allocate=app.state.allocator is not None)
     try:
         await server.serve()
     finally:
         state.ready = False
+        if probe is not None and probe_task is not None:
+            # Liveness stays answered until the webhook port has drained, then this closes too.
+            probe.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe_task
         if watcher is not None:
             watcher.stop()
         for task in tasks:
