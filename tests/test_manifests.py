@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -24,6 +25,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
 
 from webhook import certs
 from webhook.app import Metrics
@@ -269,6 +275,104 @@ def test_certificate_sans_cover_the_name_the_api_server_dials(
     certificate = one(rendered["cert-manager"], "Certificate", TLS_SECRET, NAMESPACE)
     assert certificate["spec"]["dnsNames"] == certs.dns_names(SERVICE, NAMESPACE)
     assert certificate["spec"]["commonName"] == SVC_DNS
+
+
+def _issue(spec: Obj, key: Any, issuer: tuple[x509.Certificate, Any] | None, now: dt.datetime,
+           *, serial_shift: int = 0) -> x509.Certificate:
+    """A certificate as cert-manager would make it from a Certificate's spec (key, CN, SANs, isCA)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec["commonName"])])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=_hours(spec["duration"])))
+        .add_extension(x509.BasicConstraints(ca=bool(spec.get("isCA")), path_length=None), critical=True)
+    )
+    if spec.get("isCA"):
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(d) for d in spec["dnsNames"]]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                    critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def _hours(duration: str) -> int:
+    assert duration.endswith("h"), duration
+    return int(duration[:-1])
+
+
+def _key(spec: Obj) -> Any:
+    private = spec["privateKey"]
+    assert (private["algorithm"], private["size"]) == ("ECDSA", 256)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _verifies(leaf: x509.Certificate, ca_bundle: list[x509.Certificate], now: dt.datetime) -> bool:
+    """What kube-apiserver does with caBundle: verify the serving chain for the Service's name."""
+    verifier = (PolicyBuilder().store(Store(ca_bundle)).time(now)
+                .build_server_verifier(DNSName(SVC_DNS)))
+    try:
+        verifier.verify(leaf, [])
+    except VerificationError:
+        return False
+    return True
+
+
+def test_cert_manager_renewals_keep_the_injected_ca_bundle_valid(rendered: dict[str, list[Obj]]) -> None:
+    """cainjector copies ca.crt of the serving Secret (the CA) into caBundle; the kubelet then
+    takes a minute or two to update the mounted Secret. Through every renewal the certificate
+    the pod serves must verify against the caBundle the API server holds, whichever is newer."""
+    objs = rendered["cert-manager"]
+    serving = one(objs, "Certificate", TLS_SECRET, NAMESPACE)["spec"]
+    ca_issuer = one(objs, "Issuer", serving["issuerRef"]["name"], NAMESPACE)["spec"]["ca"]
+    (ca_spec,) = [o["spec"] for o in objs if o["kind"] == "Certificate"
+                  and o["spec"]["secretName"] == ca_issuer["secretName"]]
+    now = dt.datetime.now(dt.UTC)
+    ca_key = _key(ca_spec)
+    ca = _issue(ca_spec, ca_key, None, now)  # signed by the self-signed Issuer: itself
+    first = _issue(serving, _key(serving), (ca, ca_key), now)
+    injected = [ca]  # caBundle after the first issue
+    assert _verifies(first, injected, now)
+
+    # A serving renewal (rotationPolicy Always: a new key), at renewBefore.
+    assert serving["privateKey"]["rotationPolicy"] == "Always"
+    later = now + dt.timedelta(hours=_hours(serving["duration"]) - _hours(serving["renewBefore"]))
+    renewed = _issue(serving, _key(serving), (ca, ca_key), later)
+    assert renewed.public_key() != first.public_key()
+    assert _verifies(renewed, injected, later)  # caBundle unchanged: nothing to wait for
+    assert _verifies(first, injected, later)  # the pod still serving the old pair: fine too
+
+    # A CA renewal keeps its key (rotationPolicy Never): old and new CA certificates verify
+    # the same serving certificates, so a caBundle lagging behind either way still works.
+    assert ca_spec["privateKey"]["rotationPolicy"] == "Never"
+    ca_later = now + dt.timedelta(hours=_hours(ca_spec["duration"]) - _hours(ca_spec["renewBefore"]))
+    ca_renewed = _issue(ca_spec, ca_key, None, ca_later)
+    after = _issue(serving, _key(serving), (ca_renewed, ca_key), ca_later)
+    assert _verifies(after, [ca], ca_later) and _verifies(after, [ca_renewed], ca_later)
+    served_before = _issue(serving, _key(serving), (ca, ca_key), ca_later)
+    assert _verifies(served_before, [ca_renewed], ca_later)
+
+    # The control: a serving certificate that is its own CA (the old overlay). Its renewal,
+    # with a new key, is signed by nothing the old caBundle holds: TLS fails until cainjector
+    # and the kubelet both caught up. The chain's renewal is signed by the injected CA.
+    self_signed = {**serving, "isCA": True}
+    old = _issue(self_signed, _key(serving), None, now)
+    new = _issue(self_signed, _key(serving), None, later)
+    with pytest.raises(InvalidSignature):
+        new.verify_directly_issued_by(old)
+    renewed.verify_directly_issued_by(ca)
 
 
 # --- the manifests agree with the code ----------------------------------------------------
