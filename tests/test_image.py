@@ -252,3 +252,18 @@ def test_serve_answers_healthz_as_non_root_on_a_read_only_root(
         # SIGTERM: a clean stop, exit 0 (what the kubelet sends).
         os.kill(server, signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+
+def test_a_container_tool_loads_the_archive_under_its_name(archive: Path, tmp_path: Path) -> None:
+    """buildah reads it with containers/image, the library podman's `load` uses too."""
+    storage = ["buildah", "--root", str(tmp_path / "storage"), "--runroot", str(tmp_path / "run"),
+               "--storage-driver", "vfs"]
+    pulled = subprocess.run([*storage, "pull", "--quiet", f"oci-archive:{archive}"],
+                            capture_output=True, text=True, check=False, timeout=600)
+    assert pulled.returncode == 0, pulled.stderr
+    listed = subprocess.run([*storage, "images", "--format", "{{.Name}}:{{.Tag}}"],
+                            capture_output=True, text=True, check=True, timeout=120)
+    assert f"{REPO}:{VERSION}" in listed.stdout.split()
+    inspected = json.loads(subprocess.run([*storage, "inspect", "--type", "image", f"{REPO}:{VERSION}"],
+                                          capture_output=True, text=True, check=True, timeout=120).stdout)
+    assert inspected["OCIv1"]["config"]["User"] == "65532:65532"
