@@ -59,7 +59,8 @@ IMAGE_SOURCES := pyproject.toml constraints.txt README.md $(shell find webhook -
 wheels: $(WHEELS_STAMP)
 
 $(WHEELS_STAMP): $(IMAGE_SOURCES) | $(STAMP)
-	rm -rf build/wheels.tmp && mkdir -p build/wheels.tmp
+	@# setuptools builds in build/lib: clear it, or a module deleted since would ship.
+	rm -rf build/wheels.tmp build/lib build/bdist.* && mkdir -p build/wheels.tmp
 	$(BIN)/pip wheel --quiet --disable-pip-version-check -c constraints.txt \
 		--wheel-dir build/wheels.tmp . pip
 	rm -rf build/wheels && mv build/wheels.tmp build/wheels
