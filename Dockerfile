@@ -1,37 +1,48 @@
-# flannel-guard image: `docker build -t ghcr.io/flannel-guard/flannel-guard:0.1.0 .`
-# Linted by tests/test_manifests.py (hadolint; there is no Docker engine in CI).
+# flannel-guard image. `make image` builds it with buildah and writes an OCI archive
+# (build/flannel-guard-<version>.oci.tar); see README.md "The image".
+# Linted by tests/test_manifests.py (hadolint) and built and run by tests/test_image.py.
+#
+# The build needs no package index: the Python packages come as wheels built
+# beforehand into build/wheels/ (`make wheels`: pip wheel -c constraints.txt,
+# plus pip's own wheel, which installs them).
+#
+# BASE: any Debian 12 based image with Python 3.11 (the wheels are cp311,
+# manylinux). The default is the official slim image; `make image` passes a base
+# made from Debian's own packages with mmdebstrap (python3 from bookworm), for
+# machines that cannot pull from an image registry. Build and runtime stages use
+# the same base, so the venv's interpreter symlink resolves in both.
+ARG BASE=python:3.11.14-slim-bookworm
 
 # --- build: a virtual environment with the package and its pinned dependencies
-FROM python:3.11.14-slim-bookworm AS build
+FROM ${BASE} AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-WORKDIR /src
-# Dependencies first (constraints.txt pins every one), so that a change to the
-# code alone reuses this layer's downloads.
-COPY pyproject.toml constraints.txt README.md ./
-COPY webhook ./webhook
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
- && /opt/venv/bin/pip uninstall --yes pip \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+COPY constraints.txt /wheels/constraints.txt
+COPY build/wheels/ /wheels/
+# No pip in the venv: pip runs from its own wheel (a wheel is a zip Python can run).
+# Bytecode compiled here, checked by hash only: the root filesystem is read-only
+# at run time, so nothing could be cached there, and start-up stays fast.
+RUN set -- /wheels/pip-*.whl \
+ && python3 -m venv --without-pip /opt/venv \
+ && /opt/venv/bin/python "$1/pip" install --no-index --find-links /wheels \
+        --no-cache-dir --no-compile -c /wheels/constraints.txt flannel-guard \
+ && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/venv
 
 # --- runtime: the interpreter, its shared libraries and the venv, nothing else
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE}
 
-# The same base image as the build stage, so the venv's python symlink
-# (/opt/venv/bin/python -> /usr/local/bin/python3.11) resolves.
 COPY --from=build /opt/venv /opt/venv
 
 # No shell, package manager or coreutils: the service runs the interpreter
 # only (ENTRYPOINT is exec form, the console script's shebang is the venv's
 # python). Removed last, by a command that no longer needs them afterwards.
 # /var/lib/dpkg stays so that image scanners can still list the packages.
+# (python:slim keeps its interpreter in /usr/local/bin, Debian's python3 in /usr/bin.)
 RUN rm -rf /usr/local/lib/python3.11/site-packages/pip* \
            /usr/local/lib/python3.11/ensurepip \
- && find /usr/local/bin -mindepth 1 ! -name 'python*' -delete \
- && find /usr/sbin /usr/bin -mindepth 1 -delete
+ && find /usr/local/bin /usr/sbin /usr/bin -mindepth 1 ! -name 'python*' -delete
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -41,8 +52,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Numeric, so that the kubelet can check runAsNonRoot without /etc/passwd.
 USER 65532:65532
 
-# HTTPS: admission webhooks, /healthz, /readyz, /metrics (manifests/).
-EXPOSE 9643
+# 9643 HTTPS: the admission webhooks (and /healthz, /readyz, /metrics).
+# 9644 plain HTTP (--probe-port): /healthz, /readyz, /metrics for the kubelet and Prometheus.
+EXPOSE 9643 9644
 
 ENTRYPOINT ["flannel-guard"]
 CMD ["serve", "--in-cluster"]

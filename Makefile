@@ -45,6 +45,7 @@ clean:
 
 include tools.mk
 include system.mk
+include image.mk
 
 # Benchmarks and the soak run are measured, not asserted: not part of `make test`.
 bench: $(STAMP)

@@ -7,6 +7,11 @@
 # The stamp records the list that was installed: adding a package reruns the step.
 
 DEB_PACKAGES ?=
+# make image, tests/test_image.py: the OCI builder and the Debian base it builds on.
+DEB_PACKAGES += buildah
+DEB_PACKAGES += mmdebstrap
+# tests/test_prometheus.py: promtool check/test rules, and a real server scraping ours.
+DEB_PACKAGES += prometheus
 DEB_STAMP := $(TOOLS_DIR)/.deb-packages
 
 .PHONY: debs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -24,8 +25,14 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
 
 from webhook import certs
+from webhook.app import Metrics
 from webhook.constants import (
     NAMESPACE,
     PORT_IN_CLUSTER,
@@ -45,6 +52,9 @@ HADOLINT = ROOT / "tools" / "bin" / "hadolint"
 K8S_VERSION = "1.33.0"
 SVC_DNS = f"{SERVICE}.{NAMESPACE}.svc"  # the name kube-apiserver dials
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}  # CRDs: no upstream schema
+PROMETHEUS_KINDS = {"PodMonitor", "PrometheusRule"}  # the Prometheus Operator's CRDs
+CRD_KINDS = CERT_MANAGER_KINDS | PROMETHEUS_KINDS
+PROBE_PORT_IN_CLUSTER = 9644  # --probe-port: plain-HTTP /healthz, /readyz, /metrics
 EXPECTED_ARGS = [
     "serve",
     "--in-cluster",
@@ -56,6 +66,8 @@ EXPECTED_ARGS = [
     "/etc/flannel-guard/tls/tls.key",
     "--shutdown-delay",
     "5",
+    "--probe-port",
+    str(PROBE_PORT_IN_CLUSTER),
 ]
 
 Obj = dict[str, Any]
@@ -95,6 +107,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         "resources: [../cert-manager]\ncomponents: [../../components/fix-network]\n"
     )
+    # Each opt-in component on the default install, as manifests/README.md shows.
+    for component in ("client-ca", "single-replica", "prometheus"):
+        overlay = root / "overlays" / f"with-{component}"
+        overlay.mkdir()
+        (overlay / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            "resources: [../../base, ../../certs]\n"
+            f"components: [../../components/{component}, ../../components/ca-bundle-from-secret]\n"
+        )
     return root
 
 
@@ -114,6 +135,9 @@ VARIANTS = {
     "fix-network": "overlays/fix-network",
     "cert-manager": "overlays/cert-manager",
     "cert-manager+fix-network": "overlays/cert-manager-fix-network",
+    "client-ca": "overlays/with-client-ca",
+    "single-replica": "overlays/with-single-replica",
+    "prometheus": "overlays/with-prometheus",
 }
 
 
@@ -153,11 +177,12 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(
     rendered: dict[str, list[Obj]], variant: str
 ) -> None:
     objs = rendered[variant]
-    crds = {o["kind"] for o in objs if o["apiVersion"].startswith("cert-manager.io/")}
-    assert crds <= CERT_MANAGER_KINDS
+    crds = {o["kind"] for o in objs if o["apiVersion"].split("/")[0] in
+            {"cert-manager.io", "monitoring.coreos.com"}}
+    assert crds <= CRD_KINDS
     errors = []
     for o in objs:
-        if o["kind"] in CERT_MANAGER_KINDS:
+        if o["kind"] in CRD_KINDS:
             continue
         try:
             kubernetes_validate.validate(o, K8S_VERSION, strict=True)
@@ -192,13 +217,15 @@ def test_variants_have_the_expected_objects(rendered: dict[str, list[Obj]]) -> N
         "MutatingWebhookConfiguration",
     }
     assert kinds("default") == kinds("fix-network") == common | {"Secret"}
+    assert kinds("client-ca") == kinds("single-replica") == common | {"Secret"}
+    assert kinds("prometheus") == common | {"Secret"} | PROMETHEUS_KINDS
     assert kinds("cert-manager") == kinds("cert-manager+fix-network") == common | CERT_MANAGER_KINDS
 
 
 # --- certificates and caBundle ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["default", "fix-network"])
+@pytest.mark.parametrize("variant", ["default", "fix-network", "client-ca", "prometheus"])
 def test_secret_and_every_ca_bundle_come_from_the_generated_files(
     rendered: dict[str, list[Obj]], tree: Path, variant: str
 ) -> None:
@@ -226,8 +253,16 @@ def test_cert_manager_injects_the_ca_into_both_configurations(
         annotations = one(objs, kind, SERVICE)["metadata"]["annotations"]
         assert annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{TLS_SECRET}"
     assert all("caBundle" not in hook["clientConfig"] for _, hook in webhooks(objs))
-    issuer = one(objs, "Issuer", certificate["spec"]["issuerRef"]["name"], NAMESPACE)
-    assert "selfSigned" in issuer["spec"]
+    # The chain: self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate.
+    ca_issuer = one(objs, "Issuer", certificate["spec"]["issuerRef"]["name"], NAMESPACE)
+    ca_certificate = [o for o in objs if o["kind"] == "Certificate"
+                      and o["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"]]
+    (ca_certificate,) = ca_certificate
+    assert ca_certificate["spec"]["isCA"] is True
+    assert ca_certificate["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    root = one(objs, "Issuer", ca_certificate["spec"]["issuerRef"]["name"], NAMESPACE)
+    assert "selfSigned" in root["spec"]
+    assert not certificate["spec"].get("isCA")
 
 
 def test_certificate_sans_cover_the_name_the_api_server_dials(
@@ -240,6 +275,104 @@ def test_certificate_sans_cover_the_name_the_api_server_dials(
     certificate = one(rendered["cert-manager"], "Certificate", TLS_SECRET, NAMESPACE)
     assert certificate["spec"]["dnsNames"] == certs.dns_names(SERVICE, NAMESPACE)
     assert certificate["spec"]["commonName"] == SVC_DNS
+
+
+def _issue(spec: Obj, key: Any, issuer: tuple[x509.Certificate, Any] | None, now: dt.datetime,
+           *, serial_shift: int = 0) -> x509.Certificate:
+    """A certificate as cert-manager would make it from a Certificate's spec (key, CN, SANs, isCA)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec["commonName"])])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=_hours(spec["duration"])))
+        .add_extension(x509.BasicConstraints(ca=bool(spec.get("isCA")), path_length=None), critical=True)
+    )
+    if spec.get("isCA"):
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(d) for d in spec["dnsNames"]]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                    critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+def _hours(duration: str) -> int:
+    assert duration.endswith("h"), duration
+    return int(duration[:-1])
+
+
+def _key(spec: Obj) -> Any:
+    private = spec["privateKey"]
+    assert (private["algorithm"], private["size"]) == ("ECDSA", 256)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _verifies(leaf: x509.Certificate, ca_bundle: list[x509.Certificate], now: dt.datetime) -> bool:
+    """What kube-apiserver does with caBundle: verify the serving chain for the Service's name."""
+    verifier = (PolicyBuilder().store(Store(ca_bundle)).time(now)
+                .build_server_verifier(DNSName(SVC_DNS)))
+    try:
+        verifier.verify(leaf, [])
+    except VerificationError:
+        return False
+    return True
+
+
+def test_cert_manager_renewals_keep_the_injected_ca_bundle_valid(rendered: dict[str, list[Obj]]) -> None:
+    """cainjector copies ca.crt of the serving Secret (the CA) into caBundle; the kubelet then
+    takes a minute or two to update the mounted Secret. Through every renewal the certificate
+    the pod serves must verify against the caBundle the API server holds, whichever is newer."""
+    objs = rendered["cert-manager"]
+    serving = one(objs, "Certificate", TLS_SECRET, NAMESPACE)["spec"]
+    ca_issuer = one(objs, "Issuer", serving["issuerRef"]["name"], NAMESPACE)["spec"]["ca"]
+    (ca_spec,) = [o["spec"] for o in objs if o["kind"] == "Certificate"
+                  and o["spec"]["secretName"] == ca_issuer["secretName"]]
+    now = dt.datetime.now(dt.UTC)
+    ca_key = _key(ca_spec)
+    ca = _issue(ca_spec, ca_key, None, now)  # signed by the self-signed Issuer: itself
+    first = _issue(serving, _key(serving), (ca, ca_key), now)
+    injected = [ca]  # caBundle after the first issue
+    assert _verifies(first, injected, now)
+
+    # A serving renewal (rotationPolicy Always: a new key), at renewBefore.
+    assert serving["privateKey"]["rotationPolicy"] == "Always"
+    later = now + dt.timedelta(hours=_hours(serving["duration"]) - _hours(serving["renewBefore"]))
+    renewed = _issue(serving, _key(serving), (ca, ca_key), later)
+    assert renewed.public_key() != first.public_key()
+    assert _verifies(renewed, injected, later)  # caBundle unchanged: nothing to wait for
+    assert _verifies(first, injected, later)  # the pod still serving the old pair: fine too
+
+    # A CA renewal keeps its key (rotationPolicy Never): old and new CA certificates verify
+    # the same serving certificates, so a caBundle lagging behind either way still works.
+    assert ca_spec["privateKey"]["rotationPolicy"] == "Never"
+    ca_later = now + dt.timedelta(hours=_hours(ca_spec["duration"]) - _hours(ca_spec["renewBefore"]))
+    ca_renewed = _issue(ca_spec, ca_key, None, ca_later)
+    after = _issue(serving, _key(serving), (ca_renewed, ca_key), ca_later)
+    assert _verifies(after, [ca], ca_later) and _verifies(after, [ca_renewed], ca_later)
+    served_before = _issue(serving, _key(serving), (ca, ca_key), ca_later)
+    assert _verifies(served_before, [ca_renewed], ca_later)
+
+    # The control: a serving certificate that is its own CA (the old overlay). Its renewal,
+    # with a new key, is signed by nothing the old caBundle holds: TLS fails until cainjector
+    # and the kubelet both caught up. The chain's renewal is signed by the injected CA.
+    self_signed = {**serving, "isCA": True}
+    old = _issue(self_signed, _key(serving), None, now)
+    new = _issue(self_signed, _key(serving), None, later)
+    with pytest.raises(InvalidSignature):
+        new.verify_directly_issued_by(old)
+    renewed.verify_directly_issued_by(ca)
 
 
 # --- the manifests agree with the code ----------------------------------------------------
@@ -277,11 +410,13 @@ def test_service_port_reaches_the_container_port(rendered: dict[str, list[Obj]])
     (port,) = service["spec"]["ports"]
     assert port["port"] == 443
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    (container_port,) = container(objs)["ports"]
-    assert container_port == {"name": port["targetPort"], "containerPort": PORT_IN_CLUSTER,
-                              "protocol": "TCP"}  # fmt: skip
+    webhook_port, probe_port = container(objs)["ports"]
+    assert webhook_port == {"name": port["targetPort"], "containerPort": PORT_IN_CLUSTER,
+                            "protocol": "TCP"}  # fmt: skip
+    assert probe_port == {"name": "metrics", "containerPort": PROBE_PORT_IN_CLUSTER, "protocol": "TCP"}
     args = container(objs)["args"]
     assert args[args.index("--port") + 1] == str(PORT_IN_CLUSTER)
+    assert args[args.index("--probe-port") + 1] == str(PROBE_PORT_IN_CLUSTER)
 
 
 def test_container_args_are_the_contract_and_parse(rendered: dict[str, list[Obj]]) -> None:
@@ -291,6 +426,7 @@ def test_container_args_are_the_contract_and_parse(rendered: dict[str, list[Obj]
     assert args == EXPECTED_ARGS
     parsed = _parser().parse_args(args)
     assert (parsed.in_cluster, parsed.port) == (True, PORT_IN_CLUSTER)
+    assert parsed.probe_port == PROBE_PORT_IN_CLUSTER
 
 
 def test_fix_network_only_adds_the_flag(rendered: dict[str, list[Obj]]) -> None:
@@ -317,19 +453,54 @@ def test_tls_secret_is_mounted_where_the_args_point(rendered: dict[str, list[Obj
         assert Path(c["args"][c["args"].index(flag) + 1]).parent == Path(mount["mountPath"])
 
 
-def test_probes_and_metrics_use_the_app_routes_over_https(rendered: dict[str, list[Obj]]) -> None:
-    objs = rendered["default"]
+def probe_routes() -> set[tuple[str, str]]:
+    from webhook.probes import probe_app
+    from webhook.state import ClusterState
+
+    app = probe_app(ClusterState(cluster_cidr=None, cidr_source="test"), Metrics())
+    return {(method, route.path) for route in app.routes for method in getattr(route, "methods", None) or ()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes_and_metrics_use_the_plain_http_probe_port(
+    rendered: dict[str, list[Obj]], variant: str
+) -> None:
+    """Never the webhook port: with --client-ca (components/client-ca) it refuses the kubelet."""
+    objs = rendered[variant]
     c = container(objs)
-    routes = app_routes()
+    routes = probe_routes()
+    assert routes == {("GET", ROUTE_HEALTHZ), ("GET", ROUTE_READYZ), ("GET", ROUTE_METRICS)}
     for probe, path in (("livenessProbe", ROUTE_HEALTHZ), ("readinessProbe", ROUTE_READYZ)):
         get = c[probe]["httpGet"]
-        assert (get["scheme"], get["path"], get["port"]) == ("HTTPS", path, "https")
-        assert ("GET", path) in routes
+        assert (get["scheme"], get["path"], get["port"]) == ("HTTP", path, "metrics")
     annotations = one(objs, "Deployment", SERVICE, NAMESPACE)["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == ROUTE_METRICS
-    assert annotations["prometheus.io/port"] == str(PORT_IN_CLUSTER)
-    assert annotations["prometheus.io/scheme"] == "https"
-    assert ("GET", ROUTE_METRICS) in routes
+    assert annotations["prometheus.io/port"] == str(PROBE_PORT_IN_CLUSTER)
+    assert annotations["prometheus.io/scheme"] == "http"
+
+
+def test_client_ca_component_mounts_the_ca_where_the_flag_points(rendered: dict[str, list[Obj]]) -> None:
+    from webhook.cli import _parser
+
+    objs = rendered["client-ca"]
+    c = container(objs)
+    assert c["args"] == [*EXPECTED_ARGS, "--client-ca", "/etc/flannel-guard/client-ca/ca.crt"]
+    assert _parser().parse_args(c["args"]).client_ca == Path("/etc/flannel-guard/client-ca/ca.crt")
+    spec = one(objs, "Deployment", SERVICE, NAMESPACE)["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "client-ca"]
+    assert volume["configMap"]["name"] == "flannel-guard-client-ca"
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "client-ca"]
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/flannel-guard/client-ca", True)
+
+
+def test_single_replica_component_changes_only_the_replica_count(rendered: dict[str, list[Obj]]) -> None:
+    single = one(rendered["single-replica"], "Deployment", SERVICE, NAMESPACE)
+    default = one(rendered["default"], "Deployment", SERVICE, NAMESPACE)
+    assert single["spec"]["replicas"] == 1
+    assert {**single, "spec": {**single["spec"], "replicas": 2}} == default
+    # The PodDisruptionBudget never refuses every eviction, whatever the replica count.
+    pdb = one(rendered["single-replica"], "PodDisruptionBudget", SERVICE, NAMESPACE)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": default["spec"]["selector"]}
 
 
 def test_pod_is_hardened_and_runs_before_pod_networking(rendered: dict[str, list[Obj]]) -> None:
@@ -342,21 +513,28 @@ def test_pod_is_hardened_and_runs_before_pod_networking(rendered: dict[str, list
     assert spec["terminationGracePeriodSeconds"] == 30
     assert spec["serviceAccountName"] == SERVICE
     tolerated = {t["key"] for t in spec["tolerations"]}
-    assert {"node-role.kubernetes.io/control-plane", "node.kubernetes.io/not-ready"} <= tolerated
-    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert [term["topologyKey"] for term in anti] == ["kubernetes.io/hostname"]
+    assert {"node-role.kubernetes.io/control-plane", "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/network-unavailable", "CriticalAddonsOnly"} <= tolerated
+    # Preferred, never required: a required term leaves a second replica Pending for good
+    # on a one-node cluster, and `kubectl rollout status` waits on it.
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in spec["affinity"]["podAntiAffinity"]
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [term["podAffinityTerm"]["topologyKey"] for term in anti] == ["kubernetes.io/hostname"]
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] and sc["runAsUser"] == 65532
     assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert set(c["resources"]["requests"]) == {"cpu", "memory"} and c["resources"]["limits"]
+    # 95 MB resident at start, ~120 MB with 15,000 nodes (bench/RESULTS.md): request that.
+    assert c["resources"]["requests"]["memory"] == "128Mi"
+    assert c["resources"]["limits"]["memory"] == "256Mi"
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env["POD_NAMESPACE"] == "metadata.namespace"
     assert env["POD_NAME"] == "metadata.name"
     assert env["FLANNEL_GUARD_HOST"] == "status.podIP"  # not 127.0.0.1, not every interface
     pdb = one(rendered["default"], "PodDisruptionBudget", SERVICE, NAMESPACE)
-    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -448,7 +626,8 @@ def test_rbac_grants_exactly_the_least_privilege_set(rendered: dict[str, list[Ob
     found = grants(rendered["default"])
     assert not [g for g in found if "*" in g[1:4]], "no wildcards"
     assert not [g for g in found if g[2] == "secrets"], "no Secrets"
-    cluster_wide_writes = {(g[2], g[3]) for g in found if g[0] == "*" and g[3] not in ("get", "list", "watch")}
+    reads = ("get", "list", "watch")
+    cluster_wide_writes = {(g[2], g[3]) for g in found if g[0] == "*" and g[3] not in reads}
     assert cluster_wide_writes == {("nodes", "patch")}, "the only cluster-wide write: a Node's podCIDR"
 
 
@@ -586,17 +765,18 @@ def test_dockerfile_is_hadolint_clean() -> None:
 def test_dockerfile_runs_the_cli_as_numeric_non_root_on_the_cluster_port() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER 65532(:65532)?$", text, re.M)
-    assert re.search(rf"^EXPOSE {PORT_IN_CLUSTER}$", text, re.M)
+    assert re.search(rf"^EXPOSE {PORT_IN_CLUSTER} {PROBE_PORT_IN_CLUSTER}$", text, re.M)
     assert 'ENTRYPOINT ["flannel-guard"]' in text
     assert 'CMD ["serve", "--in-cluster"]' in text
-    assert "-c constraints.txt" in text
+    # Only the pinned wheels, never an index (tests/test_image.py builds and runs it).
+    assert "--no-index" in text and "-c /wheels/constraints.txt" in text
 
 
 def test_dockerignore_keeps_keys_out_of_the_build_context() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert lines[lines.index("*") :][0] == "*"  # deny all, then allow
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "webhook/"}
+    assert allowed == {"constraints.txt", "build/wheels/"}
 
 
 def test_generated_keys_are_git_ignored() -> None:

@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="enforce: deny what is wrong; warn: admit with warnings")
     serve.add_argument("--host", default=env_default("host", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(env_default("port", "8443") or 8443))
+    serve.add_argument("--probe-port", type=int, default=int(env_default("probe_port", "0") or 0),
+                       help="also serve /healthz, /readyz and /metrics over plain HTTP on this port"
+                            " (no client certificate asked: for the kubelet and Prometheus; 0: off)")
     serve.add_argument("--tls-cert", type=Path, default=env_default("tls_cert"))
     serve.add_argument("--tls-key", type=Path, default=env_default("tls_key"))
     serve.add_argument("--client-ca", type=Path, default=env_default("client_ca"),
@@ -246,7 +249,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               " `flannel-guard certs --dev --out certs` makes a development pair", file=sys.stderr)
         return EXIT_USAGE
     settings = Settings(
-        host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        host=args.host, port=args.port, probe_port=args.probe_port,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
         client_ca=args.client_ca, mode=Mode(args.mode), standalone=standalone,
         kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
         cluster_cidr=_cidr_arg(cidr_text), mask_v4=args.mask_v4, mask_v6=args.mask_v6,

@@ -36,6 +36,7 @@ from webhook.discovery import CidrSource, Resolution
 from webhook.events import EventRecorder
 from webhook.leader import LeaderElector
 from webhook.leases import LeaseStore, LeaseWatcher
+from webhook.probes import ProbeServer, build_probe_server
 from webhook.settings import Settings
 from webhook.sources import LiveSources, guarded_order
 from webhook.state import ClusterState
@@ -160,6 +161,12 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     server, reloader = build_server(settings, state, claimer=claimer)
     app = server.config.app
     app.state.events = events
+    app.state.metrics.observe(state, lambda: app.state.allocator)
+    probe: ProbeServer | None = None
+    probe_task: asyncio.Task[Any] | None = None
+    if settings.probe_port:
+        probe = build_probe_server(settings, state, app.state.metrics)
+        probe_task = asyncio.create_task(probe.serve())
 
     def ensure_allocator() -> None:
         """Mutating mode needs a known cluster-cidr; allocate from the current one.
@@ -209,13 +216,19 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         assigner = Assigner(api, state, lambda: app.state.allocator, events=app.state.events,
                             enabled=lambda: settings.allocate and not state.kcm_allocates)
         tasks.append(asyncio.create_task(assigner.run(elector.leading)))
-    log.info("serving", host=settings.host, port=settings.port, mode=settings.mode.value,
+    log.info("serving", host=settings.host, port=settings.port, probe_port=settings.probe_port,
+             mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),
              cidr_source=state.cidr_source, allocate=app.state.allocator is not None)
     try:
         await server.serve()
     finally:
         state.ready = False
+        if probe is not None and probe_task is not None:
+            # Liveness stays answered until the webhook port has drained, then this closes too.
+            probe.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe_task
         for w in watchers:
             w.stop()
         for stop in stoppers:

@@ -31,6 +31,9 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8443
+    # Plain-HTTP /healthz, /readyz and /metrics on this port of ``host`` (0: none; the
+    # HTTPS port serves them too, but there a --client-ca refuses the kubelet's probes).
+    probe_port: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None

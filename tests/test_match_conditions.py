@@ -1,0 +1,121 @@
+"""The webhooks' matchConditions, evaluated by a CEL interpreter on requests as kube-apiserver makes them.
+
+kube-apiserver evaluates each ``matchConditions`` expression (CEL) with ``object``,
+``oldObject`` (null on CREATE, ``object`` null on DELETE) and ``request``, and calls
+the webhook only when all are true (Kubernetes ``staging/src/k8s.io/apiserver/pkg/
+admission/plugin/webhook/matchconditions``). Here the expressions from manifests/
+run under cel-python, an implementation of the CEL specification (kube-apiserver uses
+cel-go; the expressions use only the specification's core: ``has``, ``in``,
+``exists``, ``startsWith``, list equality).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Obj = dict[str, Any]
+
+
+def expressions() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for doc in yaml.safe_load_all((ROOT / "manifests" / "base" / "webhooks.yaml").read_text()):
+        for hook in doc["webhooks"]:
+            found[hook["name"]] = [m["expression"] for m in hook.get("matchConditions", [])]
+    (patch,) = yaml.safe_load((ROOT / "manifests" / "components" / "fix-network" / "configmap-webhook.yaml")
+                              .read_text())
+    found[patch["value"]["name"]] = [m["expression"] for m in patch["value"]["matchConditions"]]
+    return found
+
+
+EXPRESSIONS = expressions()
+
+
+def called(hook: str, operation: str, obj: Obj | None, old: Obj | None) -> bool:
+    """Whether kube-apiserver would call ``hook`` for this request."""
+    env = celpy.Environment()
+    activation = {"request": celpy.json_to_cel({"operation": operation}),
+                  "object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old)}
+    results = [env.program(env.compile(e)).evaluate(activation) for e in EXPRESSIONS[hook]]
+    for r in results:
+        assert isinstance(r, celpy.celtypes.BoolType), f"{hook}: {r!r}"
+    return all(results)
+
+
+def node(cidr: str | None = None, annotations: dict[str, str] | None = None, **spec: Any) -> Obj:
+    metadata: Obj = {"name": "worker-1", "labels": {"kubernetes.io/hostname": "worker-1"}}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    body: Obj = dict(spec)
+    if cidr:
+        body.update(podCIDR=cidr, podCIDRs=[cidr])
+    return {"apiVersion": "v1", "kind": "Node", "metadata": metadata, "spec": body}
+
+
+FLANNEL_IP = "flannel.alpha.coreos.com/public-ip"
+VALIDATE_NODES = "nodes.flannel-guard.io"
+
+
+def test_every_webhook_with_conditions_is_covered() -> None:
+    assert {h for h, exprs in EXPRESSIONS.items() if exprs} == {
+        VALIDATE_NODES, "nodes.mutate.flannel-guard.io", "configmaps.flannel-guard.io",
+        "configmaps.mutate.flannel-guard.io"}
+
+
+@pytest.mark.parametrize(("case", "operation", "obj", "old", "expected"), [
+    ("registration", "CREATE", node(), None, True),
+    ("registration with a podCIDR", "CREATE", node("10.244.1.0/24"), None, True),
+    ("kube-controller-manager assigns", "UPDATE", node("10.244.1.0/24"), node(), True),
+    ("podCIDRs changed", "UPDATE", node("10.244.2.0/24"), node("10.244.1.0/24"), True),
+    ("dual-stack added", "UPDATE", node(podCIDR="10.244.1.0/24", podCIDRs=["10.244.1.0/24", "fd00::/64"]),
+     node("10.244.1.0/24"), True),
+    ("a label", "UPDATE", node("10.244.1.0/24"), node("10.244.1.0/24"), False),
+    ("a taint", "UPDATE", node("10.244.1.0/24", taints=[{"key": "k", "effect": "NoSchedule"}]),
+     node("10.244.1.0/24"), False),
+    ("flannel annotation added", "UPDATE", node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}),
+     node("10.244.1.0/24"), True),
+    ("flannel annotation changed", "UPDATE", node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.2"}),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}), True),
+    ("flannel annotation removed", "UPDATE", node("10.244.1.0/24", {"other": "x"}),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), True),
+    ("flannel annotations unchanged, another changed", "UPDATE",
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "y"}),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), False),
+    ("no podCIDR either side, no annotations", "UPDATE", node(), node(), False),
+])
+def test_node_validation_is_called_only_when_what_it_judges_changes(
+        case: str, operation: str, obj: Obj, old: Obj | None, expected: bool) -> None:
+    if case == "a label":
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["labels"]["node-role.kubernetes.io/worker"] = ""
+    assert called(VALIDATE_NODES, operation, obj, old) is expected, case
+
+
+def test_node_mutation_is_called_only_for_nodes_without_a_podcidr() -> None:
+    hook = "nodes.mutate.flannel-guard.io"
+    assert called(hook, "CREATE", node(), None)
+    assert called(hook, "CREATE", node(podCIDR=""), None)
+    assert not called(hook, "CREATE", node("10.244.1.0/24"), None)
+    assert called(hook, "UPDATE", node(), node())
+
+
+def test_configmap_webhooks_see_only_kube_flannel_cfg_and_its_deletion() -> None:
+    def cm(name: str) -> Obj:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "kube-flannel"}}
+
+    hook = "configmaps.flannel-guard.io"
+    assert called(hook, "CREATE", cm("kube-flannel-cfg"), None)
+    assert not called(hook, "UPDATE", cm("coredns"), cm("coredns"))
+    assert called(hook, "DELETE", None, cm("kube-flannel-cfg"))  # DELETE: object is null
+    assert not called(hook, "DELETE", None, cm("kube-proxy"))
+    fix = "configmaps.mutate.flannel-guard.io"
+    assert called(fix, "UPDATE", cm("kube-flannel-cfg"), cm("kube-flannel-cfg"))
+    assert not called(fix, "CREATE", cm("other"), None)

@@ -1,0 +1,71 @@
+"""Probes and metrics on a plain-HTTP listener of their own (``--probe-port``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from webhook.app import Metrics
+from webhook.constants import ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_READYZ
+from webhook.settings import Settings
+from webhook.state import ClusterState
+
+__all__ = ["ProbeServer", "build_probe_server", "probe_app"]
+
+
+def probe_app(state: ClusterState, metrics: Metrics) -> FastAPI:
+    """``--probe-port``'s plain-HTTP app: /healthz, /readyz and /metrics, nothing else.
+
+    Apart from the webhook port (as controller-runtime's ``HealthProbeBindAddress`` and
+    ``metrics.BindAddress``) so that ``--client-ca`` on that port, which refuses callers
+    without a client certificate during the handshake, never refuses the kubelet's
+    probes (they present none) or a Prometheus scrape. Plain HTTP: the kubelet's
+    probes need no certificate, and a scrape through the pod IP (hostNetwork: the
+    node's address) matches no SAN of the serving certificate. Nothing here takes
+    input or tells a secret: counts, durations and pool sizes.
+    """
+    app = FastAPI(title="flannel-guard probes", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get(ROUTE_HEALTHZ)
+    async def healthz() -> Response:
+        return PlainTextResponse("ok")
+
+    @app.get(ROUTE_READYZ)
+    async def readyz() -> Response:
+        if state.ready and state.claims_ready:
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)
+
+    @app.get(ROUTE_METRICS)
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class ProbeServer(uvicorn.Server):
+    """A second uvicorn server in the same event loop; the webhook server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn before capture_signals
+        pass
+
+
+def build_probe_server(settings: Settings, state: ClusterState, metrics: Metrics) -> ProbeServer:
+    """The plain-HTTP probes and metrics listener on ``settings.probe_port``."""
+    config = uvicorn.Config(
+        probe_app(state, metrics), host=settings.host, port=settings.probe_port,
+        log_config=None, access_log=False, server_header=False, lifespan="off",
+        timeout_keep_alive=30, timeout_graceful_shutdown=5,
+        # Probes and scrapes are a few small GETs: bound what one listener accepts.
+        limit_concurrency=64,
+    )
+    return ProbeServer(config)
