@@ -249,3 +249,26 @@ def test_property_replicas_with_any_lag_never_admit_one_cidr_for_two_nodes(steps
 
     asyncio.run(scenario())
     assert all(len(holders) == 1 for holders in admitted.values()), admitted
+
+
+def test_a_claim_whose_node_never_appeared_is_freed_once_the_index_has_moved_past_it():
+    """Forged Node CREATEs (issue 15): their claims must not hold the pool for the grace period."""
+    async def scenario() -> None:
+        clock = Clock()
+        store = MemoryStore(clock=clock)
+        index = NodeCidrIndex()
+        confirmed: list[float | None] = [None]
+        claimer = Claimer(store, index, clock=clock, grace=600, orphan_after=120,
+                          index_confirmed=lambda: confirmed[0])
+        await claimer.claim("forged", [N("10.244.1.0/24")])
+        await claimer.claim("real", [N("10.244.2.0/24")])
+        index.set("real", [N("10.244.2.0/24")])        # the real one was stored and seen
+        clock.now += 121
+        assert await claimer.reclaim() == []           # no word from the API since: keep both
+        confirmed[0] = clock.now - 30                  # seen, but before the claim was 120 s old
+        assert await claimer.reclaim() == []
+        confirmed[0] = clock.now                       # the index has moved past that moment
+        [freed] = await claimer.reclaim()
+        assert freed.node == "forged" and store.book.get(N("10.244.1.0/24")) is None
+        assert store.book.get(N("10.244.2.0/24")) is not None   # a stored node's claim waits the grace
+    asyncio.run(scenario())

@@ -42,9 +42,15 @@ class Claimer:
     """Claims podCIDRs for validated writes, in ``store`` (and its book), judged against ``index``."""
 
     def __init__(self, store: ClaimStore, index: NodeCidrIndex, *, fresh: float = 60.0,
-                 grace: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+                 grace: float = 600.0, clock: Callable[[], float] = time.time,
+                 orphan_after: float = 120.0,
+                 index_confirmed: Callable[[], float | None] | None = None) -> None:
         self.store = store
         self._grace = grace
+        self._orphan_after = orphan_after
+        # Wall-clock time of the node index's last confirmation by the API (None: never, or
+        # no API: standalone keeps claims for the whole grace period).
+        self._index_confirmed = index_confirmed or (lambda: None)
         self.book = store.book
         self._index = index
         self._fresh = fresh
@@ -119,7 +125,36 @@ class Claimer:
     # -- claims whose Node never appeared (or whose Node holds the CIDR itself by now) -------
 
     async def reclaim(self) -> list[Reservation]:
-        return await reclaim_expired(self.store, self._index, self._grace, self._clock())
+        """Claims past the grace period, then orphans (:meth:`release_orphans`)."""
+        out = await reclaim_expired(self.store, self._index, self._grace, self._clock())
+        return out + await self.release_orphans()
+
+    async def release_orphans(self) -> list[Reservation]:
+        """Free claims whose Node never appeared, as soon as that is known, not after the grace.
+
+        A claim is made before its Node is stored; the API server stores it within its
+        webhook timeout (at most 30 s) or never (refused later in the chain, or a forged
+        review). Once a claim is ``orphan_after`` seconds old, its node holds no podCIDR
+        in the index, and the index was confirmed by the API after that age was reached
+        (a watch event or bookmark: events arrive in order, so a stored Node would have
+        been seen), the node does not hold it and nothing else can: it is released. A
+        forged Node CREATE thus holds a CIDR for minutes at most, never the grace period.
+        """
+        confirmed = self._index_confirmed()
+        if confirmed is None:
+            return []
+        now = self._clock()
+        freed = []
+        for claim in self.book:
+            if claim.node in self._index or now - claim.since < self._orphan_after:
+                continue
+            if confirmed < claim.since + self._orphan_after:
+                continue
+            if await self.store.delete(claim):
+                freed.append(Reservation(claim.cidr, claim.node, claim.since))
+        if freed:
+            log.info("claims of nodes that never appeared released", count=len(freed))
+        return freed
 
     async def run_reclaimer(self, interval: float = 60.0) -> None:
         """Reclaim every ``interval`` seconds until cancelled; errors never end the loop."""

@@ -156,8 +156,10 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         events = EventRecorder(api, _identity())
     # A claim younger than this is the node's own without a write (well inside the grace).
     claimer = Claimer(store, state.index, fresh=min(60.0, settings.reservation_grace / 4),
-                      grace=settings.reservation_grace)
-    tasks.append(asyncio.create_task(claimer.run_reclaimer(min(60.0, settings.reservation_grace))))
+                      grace=settings.reservation_grace,
+                      orphan_after=min(120.0, settings.reservation_grace / 2),
+                      index_confirmed=lambda: None if settings.standalone else state.last_sync_wall)
+    tasks.append(asyncio.create_task(claimer.run_reclaimer(min(30.0, settings.reservation_grace / 2))))
     server, reloader = build_server(settings, state, claimer=claimer)
     app = server.config.app
     app.state.events = events

@@ -42,6 +42,8 @@ class ClusterState:
     claims_ready: bool = True
     # Monotonic time of the last confirmation from the API (None: never / standalone).
     last_sync: float | None = None
+    # The same moment on the wall clock (claims carry wall-clock times).
+    last_sync_wall: float | None = None
     _view: ClusterView | None = field(default=None, repr=False)
     # Stored Nodes without any podCIDR (live mode), and an event set when one appears.
     unassigned: set[str] = field(default_factory=set)
@@ -134,4 +136,5 @@ class ClusterState:
 
     def mark_synced(self) -> None:
         self.last_sync = time.monotonic()
+        self.last_sync_wall = time.time()
         self.ready = True
