@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from conftest import make_view, node
 
@@ -31,7 +33,8 @@ CASES = [
     ("spaces", node("w", " 10.244.3.0/24"), ["InvalidPodCIDR"]),
     ("leading-zero", node("w", "10.244.03.0/24"), ["InvalidPodCIDR"]),
     ("mapped-v6", node("w", "::ffff:10.244.3.0/120"), ["InvalidPodCIDR"]),
-    ("podcidr-ne-podcidrs0", node("w", "10.244.3.0/24", podcidr="10.244.4.0/24"), ["PodCIDRMismatch"]),
+    # pkg/apis/core/v1/conversion.go: podCIDR wins, podCIDRs become [podCIDR] (a warning, not an error).
+    ("podcidr-ne-podcidrs0", node("w", "10.244.3.0/24", podcidr="10.244.4.0/24"), []),
     # field report #8: flannel "pod cidrs should be IPv4/IPv6 only or dualstack".
     ("three", node("w", "10.244.3.0/24", "fd00::/64", "10.244.4.0/24"),
      ["TooManyPodCIDRs", "DuplicateFamily", "FamilyNotInCluster"]),
@@ -152,3 +155,24 @@ def test_a_rejoined_node_with_another_cidr_is_warned_about_stale_routes():
     assert [f.code for f in findings] == ["RejoinedWithNewCIDR"]
     assert "10.244.3.0/24" in findings[0].summary
     assert review_node("CREATE", node("w", "10.244.3.0/24"), None, state.view()) == []
+
+
+def test_podcidr_and_podcidrs_disagreeing_are_read_as_the_api_servers_v1_conversion_stores_them():
+    """pkg/apis/core/v1/conversion.go Convert_v1_NodeSpec_To_core_NodeSpec: podCIDR is authoritative."""
+    from webhook.nodemodel import node_model, pod_cidrs
+
+    obj = node("w", "10.244.3.0/24", "fd00::/64", podcidr="10.244.4.0/24")
+    assert pod_cidrs(obj) == ["10.244.4.0/24"]
+    assert node_model(obj).networks == (ipaddress.ip_network("10.244.4.0/24"),)
+    found = review_node("CREATE", obj, None, make_view(nodes=NODES))
+    assert [f.code for f in found if f.severity is Severity.WARNING] == ["PodCIDRsDropped"]
+    # Only podCIDR set: podCIDRs = [podCIDR].
+    assert pod_cidrs({"metadata": {"name": "w"}, "spec": {"podCIDR": "10.244.5.0/24"}}) == ["10.244.5.0/24"]
+
+
+def test_a_podcidr_with_host_bits_occupies_its_network_in_every_reader():
+    """The webhook's index, check and doctor read a Node the same way (webhook/nodemodel.py)."""
+    from webhook.nodemodel import node_model
+
+    model = node_model(node("w", "10.244.1.5/24"))
+    assert model is not None and model.networks == (ipaddress.ip_network("10.244.1.0/24"),)

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from webhook.cidr import NodeCidrIndex, parse_cidr
+from webhook.cidr import NodeCidrIndex
+from webhook.nodemodel import node_model
 from webhook.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
-from webhook.rules.node import node_name, pod_cidrs
 
 __all__ = ["CheckReport", "InputError", "check_documents", "load_documents", "render"]
 
@@ -91,16 +91,9 @@ def check_documents(
     """Judge every flannel ConfigMap and Node among ``objects``."""
     index = NodeCidrIndex()
     for _, obj in objects:
-        if obj.get("kind") == "Node" and node_name(obj):
-            nets = []
-            for text in pod_cidrs(obj):
-                try:
-                    parsed = parse_cidr(text)
-                except ValueError:
-                    continue
-                if not parsed.host_bits_set:
-                    nets.append(parsed.network)
-            index.set(node_name(obj), nets)
+        model = node_model(obj) if obj.get("kind") == "Node" else None
+        if model is not None:
+            index.set(model.name, model.networks)  # as the webhook's index reads them
     view = ClusterView(cluster_cidr=cluster_cidr, cidr_source=cidr_source, nodes=index,
                        mask_v4=mask_v4, mask_v6=mask_v6)
     # In a file, a ConfigMap without a namespace is judged by its name alone.

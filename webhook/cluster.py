@@ -47,14 +47,14 @@ import kubernetes.config
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.cidr import IPNetwork
 from webhook.discovery import (
     CidrSource,
     Resolution,
     flag_source,
     resolution_from,
 )
-from webhook.rules.node import node_name, pod_cidrs
+from webhook.nodemodel import node_model, node_name
 from webhook.state import ClusterState
 
 __all__ = [
@@ -209,16 +209,9 @@ class _Gone(Exception):
 
 
 def _entry(obj: dict[str, Any]) -> Entry | None:
-    """A Node reduced to what the rules need: its name and the podCIDRs that parse."""
-    name = node_name(obj)
-    if not name:
-        return None
-    nets: list[IPNetwork] = []
-    texts = pod_cidrs(obj)
-    for text in texts:
-        with contextlib.suppress(CidrError):
-            nets.append(parse_cidr(text).network)
-    return name, tuple(nets), bool(texts)
+    """A Node reduced to what the rules need (:func:`webhook.nodemodel.node_model`)."""
+    model = node_model(obj)
+    return None if model is None else (model.name, model.networks, model.has_pod_cidr)
 
 
 def _lines(resp: Any) -> Iterator[bytes]:

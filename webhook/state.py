@@ -13,9 +13,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from webhook.cidr import IPNetwork, NodeCidrIndex, parse_cidr
+from webhook.cidr import IPNetwork, NodeCidrIndex
+from webhook.nodemodel import node_model
 from webhook.rules import ClusterView
-from webhook.rules.node import node_name, pod_cidrs
 
 __all__ = ["ClusterState"]
 
@@ -90,17 +90,10 @@ class ClusterState:
         self._view = None
 
     def record_node(self, obj: dict[str, object] | None) -> None:
-        """Index a Node's podCIDRs (only those that parse; the rules judged them already)."""
-        name = node_name(obj)  # type: ignore[arg-type]
-        if not name:
-            return
-        nets = []
-        for text in pod_cidrs(obj):  # type: ignore[arg-type]
-            try:
-                nets.append(parse_cidr(text).network)
-            except ValueError:
-                continue
-        self.index.set(name, nets)
+        """Index a Node's podCIDRs (:func:`webhook.nodemodel.node_model`: those that parse)."""
+        model = node_model(obj)  # type: ignore[arg-type]
+        if model is not None:
+            self.index.set(model.name, model.networks)
 
     def forget_node(self, name: str) -> None:
         self.index.remove(name)

@@ -26,30 +26,15 @@ import json
 from typing import Any
 
 from webhook.cidr import CidrError, IPNetwork, family_name, parse_cidr
+from webhook.nodemodel import node_name, pod_cidrs
 from webhook.rules.findings import ClusterView, Finding, Severity
 
 __all__ = ["claimed_cidrs", "node_name", "pod_cidrs", "review_node"]
 
 
-def node_name(obj: dict[str, Any] | None) -> str:
-    meta = (obj or {}).get("metadata")
-    name = meta.get("name") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else ""
-
-
 def _spec(obj: dict[str, Any] | None) -> dict[str, Any]:
     spec = (obj or {}).get("spec")
     return spec if isinstance(spec, dict) else {}
-
-
-def pod_cidrs(obj: dict[str, Any] | None) -> list[str]:
-    """``spec.podCIDRs``, or ``[spec.podCIDR]`` when only that is set (API conversion)."""
-    spec = _spec(obj)
-    cidrs = spec.get("podCIDRs")
-    if isinstance(cidrs, list) and cidrs:
-        return [c if isinstance(c, str) else json.dumps(c) for c in cidrs]
-    single = spec.get("podCIDR")
-    return [single] if isinstance(single, str) and single else []
 
 
 def claimed_cidrs(operation: str, obj: dict[str, Any] | None,
@@ -169,12 +154,12 @@ def _review_cidrs(operation: str, name: str, obj: dict[str, Any] | None, old: di
         # Unchanged podCIDRs: judge, but only warn.
         return [
             Finding(Severity.WARNING, f.code, f"pre-existing: {f.summary}", f.detail, f.fix)
-            for f in _judge(name, texts, _spec(obj).get("podCIDR"), view)
+            for f in _judge(name, texts, _dropped(obj), view)
             if f.severity is Severity.ERROR
         ]
     if not texts:
         return []
-    found = _judge(name, texts, _spec(obj).get("podCIDR"), view)
+    found = _judge(name, texts, _dropped(obj), view)
     before = view.departed.get(name)
     if operation == "CREATE" and before and [str(c) for c in before] != texts:
         found.append(Finding(
@@ -203,14 +188,27 @@ class _LazyFix:
         return self._text
 
 
+def _dropped(obj: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(podCIDR, podCIDRs[0]) when they differ as written (the API server keeps podCIDR)."""
+    spec = _spec(obj)
+    single, many = spec.get("podCIDR"), spec.get("podCIDRs")
+    if isinstance(single, str) and single and isinstance(many, list) and many and many[0] != single:
+        return single, str(many[0])
+    return None
+
+
 def _judge(name: str, texts: list[str], single: object, view: ClusterView) -> list[Finding]:
     out: list[Finding] = []
     lazy = _LazyFix(name, view)
-    if isinstance(single, str) and single and single != texts[0]:
+    listed = single[1] if isinstance(single, tuple) else None
+    if listed:
+        # pkg/apis/core/v1/conversion.go: when podCIDR and podCIDRs[0] differ, podCIDR is
+        # authoritative and the stored podCIDRs become [podCIDR]; a webhook never sees this.
         out.append(Finding(
-            Severity.ERROR, "PodCIDRMismatch",
-            f"node {name}: spec.podCIDR {single[:50]!r} is not spec.podCIDRs[0] {texts[0][:50]!r}.",
-            "They must be the same value.",
+            Severity.WARNING, "PodCIDRsDropped",
+            f"node {name}: spec.podCIDR {texts[0][:50]!r} is not spec.podCIDRs[0] {listed[:50]!r}:"
+            " the API server keeps podCIDR and stores podCIDRs as [podCIDR].",
+            "pkg/apis/core/v1/conversion.go Convert_v1_NodeSpec_To_core_NodeSpec.",
         ))
     nets: list[IPNetwork] = []
     for text in texts[:3]:
