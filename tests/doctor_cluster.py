@@ -24,6 +24,7 @@ from kube_emulator import FakeKubeApi, kcm_pod, kube_proxy_configmap, kubeadm_co
 
 __all__ = [
     "SEED_LOG",
+    "SEED_MESSAGE",
     "DoctorKubeApi",
     "apply_fix",
     "flannel_configmap",
@@ -33,6 +34,8 @@ __all__ = [
 
 SEED_LOG = ('E0218 06:23:22.907246       1 main.go:291] Error registering network: failed to acquire lease:'
             ' node "worker-0001" pod cidr not assigned')
+#: SEED_LOG as doctor quotes it: klog's header trimmed.
+SEED_MESSAGE = SEED_LOG.split("] ", 1)[1]
 _SEED_LOG_TEXT = (
     "I0218 06:23:22.806123       1 main.go:212] CLI flags config: {etcdEndpoints:http://127.0.0.1:4001"
     " kubeSubnetMgr:true}\n"
