@@ -25,3 +25,4 @@ $(DEB_STAMP): system.mk
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@echo "$(DEB_PACKAGES)" > $@
+DEB_PACKAGES += chromium

@@ -4,7 +4,8 @@ Each family of the cluster-cidr is cut into blocks of the node mask, in address
 order; a block is used (one node holds exactly it), conflicting (more than one node,
 or a node whose podCIDR is not one whole block), reserved (a flannel-guard Lease, no
 node yet) or free. Nodes whose podCIDR lies outside the family are listed apart.
-The states are run-length encoded so that 15,000 nodes stay small.
+The states are run-length encoded and each block's owner is the index of its node in
+the report's node table (sorted by name), so that 15,000 nodes stay small.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _runs(states: list[str]) -> tuple[tuple[str, int], ...]:
 
 
 def _family(net: IPNetwork, mask: int, nodes: Mapping[str, tuple[IPNetwork, ...]],
-            reservations: Iterable[tuple[str, str]]) -> AddressFamilyMap:
+            reservations: Iterable[tuple[str, str]], order: Mapping[str, int]) -> AddressFamilyMap:
     blocks = 1 << max(0, mask - net.prefixlen) if mask >= net.prefixlen else 0
     shown = min(blocks, MAX_CELLS)
     size = 1 << (net.max_prefixlen - mask)
@@ -67,12 +68,12 @@ def _family(net: IPNetwork, mask: int, nodes: Mapping[str, tuple[IPNetwork, ...]
             if i < shown and i not in owners:
                 reserved[i] = holder or "reserved"
     states: list[str] = []
-    names: list[str] = []
+    names: list[int | str] = []
     for i in range(shown):
-        who = owners.get(i)
+        who = list(dict.fromkeys(owners.get(i, ())))
         if who:
             states.append("u" if len(who) == 1 and i in whole else "c")
-            names.append(" + ".join(dict.fromkeys(who)))
+            names.append(order[who[0]] if len(who) == 1 else " + ".join(who))
         elif i in reserved:
             states.append("r")
             names.append(reserved[i])
@@ -86,4 +87,5 @@ def address_space(target: Iterable[IPNetwork] | None, masks: Mapping[int, int],
                   reservations: Iterable[tuple[str, str]] = ()) -> tuple[AddressFamilyMap, ...]:
     """One map per family of ``target``; ``masks`` by IP version."""
     held = list(reservations)
-    return tuple(_family(net, masks[net.version], nodes, held) for net in target or ())
+    order = {name: i for i, name in enumerate(sorted(nodes))}
+    return tuple(_family(net, masks[net.version], nodes, held, order) for net in target or ())

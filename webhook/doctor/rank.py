@@ -4,8 +4,9 @@ Lower rank = further upstream. A cluster-wide setting (the cluster-cidr, the
 controller manager's allocation) comes before the flannel ConfigMap, which comes
 before the nodes, which come before the pods and the host symptoms that follow
 from them. The root cause is the error of lowest rank; warnings are root causes
-only when there is no error. Findings are listed in rank order (ties keep the
-sections' order), so the fixes come out in the order to apply them.
+only when there is no error. Findings are listed in rank order (within a rank,
+errors before warnings, then the sections' order), so the fixes come out in the
+order to apply them.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def rank(f: DoctorFinding) -> int:
 
 def rank_findings(findings: Sequence[DoctorFinding]) -> tuple[DoctorFinding, ...]:
     """``findings`` in rank order, the root cause marked; symptoms of a present cause keep ``caused_by``."""
-    ordered = sorted(enumerate(findings), key=lambda p: (rank(p[1]), p[0]))
+    ordered = sorted(enumerate(findings),
+                     key=lambda p: (rank(p[1]), p[1].severity is not Severity.ERROR, p[0]))
     out = [f for _, f in ordered]
     present = {f.code for f in out}
     out = [f if not f.caused_by or f.caused_by in present else dataclasses.replace(f, caused_by="")

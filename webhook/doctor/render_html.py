@@ -98,9 +98,10 @@ function grid(fam, fi) {
     if (idx >= n) { const [node, cidr] = fam.outside[idx - n]; return cidr + " — outside — node " + node; }
     const cidr = ipText(base + BigInt(idx) * size, v6) + "/" + fam.mask;
     const s = codes[states[idx]];
-    const who = owner[idx] < 0 ? "" :
-      " — " + (s === "r" ? "reserved for " : "node ") + fam.names[owner[idx]];
-    return cidr + " — " + LABELS[s] + who;
+    const o = owner[idx] < 0 ? null : fam.owners[owner[idx]];
+    if (o === null) return cidr + " — " + LABELS[s];
+    if (s === "r") return cidr + " — reserved for " + o;
+    return cidr + " — " + LABELS[s] + " — node " + (typeof o === "number" ? doc.nodes[o].name : o);
   }
   function at(ev) { const r = canvas.getBoundingClientRect();
     const x = Math.floor((ev.clientX - r.left) / cell), y = Math.floor((ev.clientY - r.top) / cell);

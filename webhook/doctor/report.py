@@ -135,8 +135,9 @@ class AddressFamilyMap:
 
     ``runs`` is the blocks' states run-length encoded, in address order: ``[state, count]``
     with state ``u`` used, ``f`` free, ``r`` reserved (a flannel-guard Lease, no node yet),
-    ``c`` conflicting (two nodes, or a node of the wrong size). ``names`` holds the node
-    (or reservation holder) of every non-free block, in the same order. ``outside``: nodes
+    ``c`` conflicting (two nodes, or a node of the wrong size). ``names`` holds the owner of
+    every non-free block, in the same order: the index of its node in the report's node
+    table (sorted by name), or text (the nodes that share it, a reservation's holder). ``outside``: nodes
     whose podCIDR of this family lies outside the cluster-cidr. ``shown`` < ``blocks`` when
     the family has more blocks than a page can draw (IPv6), the first ``shown`` are drawn.
     """
@@ -146,12 +147,12 @@ class AddressFamilyMap:
     blocks: int
     shown: int
     runs: tuple[tuple[str, int], ...]
-    names: tuple[str, ...]
+    names: tuple[int | str, ...]
     outside: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"clusterCIDR": str(self.cluster_cidr), "mask": self.mask, "blocks": self.blocks,
-                "shown": self.shown, "runs": [[s, n] for s, n in self.runs], "names": list(self.names),
+                "shown": self.shown, "runs": [[s, n] for s, n in self.runs], "owners": list(self.names),
                 "outside": [[n, c] for n, c in self.outside]}
 
 
