@@ -411,3 +411,16 @@ def test_a_missing_kubeconfig_or_a_bad_override_exits_2(tmp_path: Path,
     absent = str(tmp_path / "absent")
     assert doctor.main(["doctor", "--kubeconfig", absent, "--cluster-cidr", "10.0.0.1/8"]) == 2
     assert "--cluster-cidr" in capsys.readouterr().err
+
+
+def test_the_command_line_loads_neither_the_kubernetes_client_nor_the_diagnosis() -> None:
+    """`flannel-guard check` builds the whole parser (doctor's included) without importing them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webhook.cli; webhook.cli._parser();"
+            " print(sorted(m for m in ('kubernetes', 'urllib3', 'cryptography', 'webhook.doctor.diagnosis')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == "[]"

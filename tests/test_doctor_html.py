@@ -25,8 +25,8 @@ from kube_emulator import kcm_pod, kube_proxy_configmap, kubeadm_configmap, kube
 from webhook import doctor
 from webhook.discovery import from_controller_manager_pod, from_kubeadm_config, resolve
 from webhook.doctor import ClusterFacts, ConfigMapFacts, NodeFacts, diagnose
-from webhook.doctor.render_html import render_html
-from webhook.doctor.render_json import report_document
+from webhook.doctor.html_report import render_html
+from webhook.doctor.json_report import report_document
 
 T = TypeVar("T")
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "doctor-html"

@@ -12,8 +12,8 @@ The layers, one module each:
   their fixes; they reuse the webhook's rules, so doctor and the webhook never
   judge differently. :mod:`~webhook.doctor.rank` orders them and names the root
   cause by an explicit rank, never by call order.
-* :mod:`~webhook.doctor.render_text`, :mod:`~webhook.doctor.render_json` and
-  :mod:`~webhook.doctor.render_html` show one :class:`~webhook.doctor.report.Report`;
+* :mod:`~webhook.doctor.text_report`, :mod:`~webhook.doctor.json_report` and
+  :mod:`~webhook.doctor.html_report` show one :class:`~webhook.doctor.report.Report`;
   :mod:`~webhook.doctor.cli` is the command line.
 
 Which cluster-cidr the fixes aim at: the effective one of
@@ -27,17 +27,17 @@ Every finding carries its fix twice: as text to paste and as a dict in
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from webhook.doctor.cli import add_parser, main, run
-from webhook.doctor.diagnose import diagnose
-from webhook.doctor.facts import ClusterFacts, ConfigMapFacts, NodeFacts, PodFacts
-from webhook.doctor.render_json import render_json
-from webhook.doctor.render_text import render_text
-from webhook.doctor.report import EXIT_FINDINGS, EXIT_HEALTHY, EXIT_UNREADABLE, DoctorFinding, Fix, Report
-
 if TYPE_CHECKING:
+    from webhook.doctor.cli import add_parser, main, run
     from webhook.doctor.collect import ClusterUnreadable, gather
+    from webhook.doctor.diagnosis import diagnose
+    from webhook.doctor.facts import ClusterFacts, ConfigMapFacts, NodeFacts, PodFacts
+    from webhook.doctor.json_report import render_json
+    from webhook.doctor.report import EXIT_FINDINGS, EXIT_HEALTHY, EXIT_UNREADABLE, DoctorFinding, Fix, Report
+    from webhook.doctor.text_report import render_text
 
 __all__ = [
     "EXIT_FINDINGS",
@@ -61,10 +61,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``gather`` and ``ClusterUnreadable`` load the Kubernetes client: imported on first use."""
-    if name in ("gather", "ClusterUnreadable"):
-        from webhook.doctor import collect as module
+#: Where each public name lives. Imported on first use: ``flannel-guard check`` builds the
+#: command line (``doctor``'s parser included) without loading the rules' crypto or the
+#: Kubernetes client, which only ``collect`` imports.
+_HOMES = {
+    "add_parser": "cli", "main": "cli", "run": "cli",
+    "ClusterUnreadable": "collect", "gather": "collect",
+    "diagnose": "diagnosis",
+    "ClusterFacts": "facts", "ConfigMapFacts": "facts", "NodeFacts": "facts", "PodFacts": "facts",
+    "render_json": "json_report", "render_text": "text_report",
+    "EXIT_FINDINGS": "report", "EXIT_HEALTHY": "report", "EXIT_UNREADABLE": "report",
+    "DoctorFinding": "report", "Fix": "report", "Report": "report",
+}
 
-        return getattr(module, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"webhook.doctor.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     from webhook.cluster import api_client
     from webhook.doctor.collect import ClusterUnreadable, gather
-    from webhook.doctor.diagnose import diagnose
-    from webhook.doctor.render_html import render_html
-    from webhook.doctor.render_json import render_json
-    from webhook.doctor.render_text import render_text
+    from webhook.doctor.diagnosis import diagnose
+    from webhook.doctor.html_report import render_html
+    from webhook.doctor.json_report import render_json
+    from webhook.doctor.text_report import render_text
 
     try:
         api = api_client(args.kubeconfig, args.in_cluster)

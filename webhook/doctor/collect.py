@@ -197,7 +197,7 @@ def _kube_proxy_mode(doc: object) -> str | None:
 async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = None, *, timeout: float = 5.0,
                  flannel_configmaps: Sequence[tuple[str, str]] = DEFAULT_FLANNEL_CONFIGMAPS,
                  guard_namespace: str = NAMESPACE) -> ClusterFacts:
-    """Read what :func:`~webhook.doctor.diagnose` needs. Read-only; every call bounded by ``timeout`` seconds.
+    """Read what ``diagnose`` needs. Read-only; every call bounded by ``timeout`` seconds.
 
     Raises :class:`ClusterUnreadable` when the API cannot be reached, refuses the
     credentials (401) or answers the Node list with a server error.

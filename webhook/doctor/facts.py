@@ -155,7 +155,7 @@ class GuardFacts:
 
 @dataclass(frozen=True)
 class ClusterFacts:
-    """Everything :func:`~webhook.doctor.diagnose` reads; ``gather`` fills it from the API, tests by hand."""
+    """Everything ``diagnose`` reads; ``gather`` fills it from the API, tests build it by hand."""
 
     resolution: Resolution
     configmaps: tuple[ConfigMapFacts, ...] = ()

@@ -1,6 +1,6 @@
 """``doctor --html FILE``: one self-contained page (inline CSS and JS, no fetch) of the report.
 
-The page embeds the ``-o json`` document itself (:func:`~webhook.doctor.render_json.report_document`)
+The page embeds the ``-o json`` document itself (:func:`~webhook.doctor.json_report.report_document`)
 and draws each family's address space on a canvas from its run-length encoded
 blocks, so 15,000 nodes cost a few hundred kilobytes, not one element per block.
 Hovering a block names its CIDR and its node.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhook.doctor.render_json import report_document
+from webhook.doctor.json_report import report_document
 from webhook.doctor.report import Report
 
 __all__ = ["render_html"]
