@@ -554,3 +554,16 @@ def test_a_forbidden_secret_is_noted() -> None:
     report, _ = scenario(build)
     assert any("Secret flannel-guard/flannel-guard-tls: HTTP 403" in n for n in report.notes)
     assert any("serving certificate" in n and "could not be read" in n for n in report.notes)
+
+
+def test_many_nodes_announcing_an_address_of_their_own_are_one_suspect() -> None:
+    async def build(api: DoctorKubeApi) -> None:
+        healthy_control_plane(api)
+        for i in range(8):
+            await api.put_node(flannel_node(f"w{i}", f"10.244.{i}.0/24", public_ip=f"203.0.113.{i + 1}",
+                                            internal_ip=f"192.168.56.{11 + i}"))
+
+    report, _ = scenario(build)
+    f = only(report, "PublicIPNotNodeAddress")
+    assert f.subject == "8 nodes" and len(f.subjects) == 8
+    assert "w0 (203.0.113.1), w1 (203.0.113.2)" in f.summary

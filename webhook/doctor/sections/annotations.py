@@ -89,6 +89,7 @@ def _public_ip(ctx: Context, out: Section) -> None:
         out.add(Severity.ERROR, "PublicIPShared", "nodes",
                 f"{len(names)} nodes share flannel's public-ip {ip} ({', '.join(names[:5])}).", detail, fixes,
                 subjects=[f"node {n}" for n in names])
+    elsewhere: list[tuple[str, str, str]] = []  # (node, public-ip, its addresses)
     for n in sorted(ctx.facts.nodes, key=lambda n: n.name):
         ip, overwrite = n.annotation("public-ip"), n.annotation("public-ip-overwrite")
         addresses = {a for _, a in n.addresses}
@@ -96,15 +97,26 @@ def _public_ip(ctx: Context, out: Section) -> None:
             out.notes.append(f"node {n.name}: flannel.alpha.coreos.com/public-ip-overwrite={overwrite}"
                              " (set by hand: flannel announces it instead of the interface's address)")
         elif ip and addresses and ip not in addresses:
-            out.add(Severity.WARNING, "PublicIPNotNodeAddress", f"node {n.name}",
-                    f"suspect: flannel on node {n.name} announces public-ip {ip}, which is none of the"
-                    f" node's addresses ({', '.join(sorted(addresses))}).",
-                    "flannel picked another interface than the node's (flannel#712, #981, #1978), or the"
-                    " address is NATed; other nodes' VXLAN packets then go nowhere. Only the host can tell"
-                    " whether UDP 8472 is reachable there.",
-                    [Fix("manual", f"on {n.name}: ip -o addr | grep {ip}; set --iface in the kube-flannel"
-                         " DaemonSet, or annotate flannel.alpha.coreos.com/public-ip-overwrite=<reachable"
-                         " address>")])
+            elsewhere.append((n.name, ip, ", ".join(sorted(addresses))))
+    if not elsewhere:
+        return
+    first, ip, addresses = elsewhere[0]
+    if len(elsewhere) == 1:
+        subject = f"node {first}"
+        summary = (f"suspect: flannel on node {first} announces public-ip {ip}, which is none of the node's"
+                   f" addresses ({addresses}).")
+    else:
+        shown = ", ".join(f"{n} ({i})" for n, i, _ in elsewhere[:5])
+        subject = f"{len(elsewhere)} nodes"
+        summary = (f"suspect: flannel on {len(elsewhere)} nodes announces a public-ip that is none of the"
+                   f" node's addresses: {shown}.")
+    out.add(Severity.WARNING, "PublicIPNotNodeAddress", subject, summary,
+            "flannel picked another interface than the node's (flannel#712, #981, #1978), or the address is"
+            " NATed; other nodes' VXLAN packets then go nowhere. Only the host can tell whether UDP 8472 is"
+            " reachable there.",
+            [Fix("manual", f"on {first}: ip -o addr | grep {ip}; set --iface in the kube-flannel DaemonSet,"
+                 " or annotate flannel.alpha.coreos.com/public-ip-overwrite=<reachable address>")],
+            subjects=[f"node {n}" for n, _, _ in elsewhere])
 
 
 def _backend(ctx: Context, out: Section) -> None:
