@@ -424,3 +424,12 @@ def test_the_command_line_loads_neither_the_kubernetes_client_nor_the_diagnosis(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=120).stdout
     assert out.strip() == "[]"
+
+
+def test_nodes_without_a_podcidr_follow_from_the_allocation_finding() -> None:
+    """The seed: the node finding points at NoClusterCIDR, the pods' finding at the node finding."""
+    report = diagnose(seed_facts("worker-0001", "worker-0002"))
+    by_code = {f.code: f for f in report.findings}
+    assert by_code["NodeWithoutPodCIDR"].caused_by == "NoClusterCIDR"
+    assert by_code["FlannelPodNotReady"].caused_by == "NodeWithoutPodCIDR"
+    assert "[follows from 1]" in render_text(report)

@@ -131,8 +131,14 @@ def _missing(ctx: Context, out: Section, names: list[str], planner: _Planner) ->
         detail += " kube-controller-manager allocates: if it does not, look at its log."
     else:
         detail += " Once kube-controller-manager allocates, it does this for new nodes."
+    if ctx.res.effective is None:
+        cause = "NoClusterCIDR"
+    elif ctx.res.allocate_node_cidrs is not True:
+        cause = "NodeCIDRAllocationOff"
+    else:
+        cause = "ClusterCIDRDisagreement" if alternative else ""
     out.add(Severity.ERROR, "NodeWithoutPodCIDR", subject, summary, detail, fixes,
-            subjects=[f"node {n}" for n in names])
+            subjects=[f"node {n}" for n in names], caused_by=cause)
 
 
 def nodes(ctx: Context) -> tuple[list[NodeRow], Section]:
