@@ -567,3 +567,16 @@ def test_many_nodes_announcing_an_address_of_their_own_are_one_suspect() -> None
     f = only(report, "PublicIPNotNodeAddress")
     assert f.subject == "8 nodes" and len(f.subjects) == 8
     assert "w0 (203.0.113.1), w1 (203.0.113.2)" in f.summary
+
+
+def test_conflicting_mask_flags_of_kube_controller_manager_come_from_its_flags() -> None:
+    """kube-controller-manager app/core.go setNodeCIDRMaskSizes: the generic and a per-family flag."""
+    async def build(api: DoctorKubeApi) -> None:
+        healthy_control_plane(api)
+        api.put("pods", kcm_pod(cluster_cidr=V4, extra=("--node-cidr-mask-size=24",
+                                                        "--node-cidr-mask-size-ipv4=24")))
+        await api.put_node(flannel_node("cp1", "10.244.0.0/24"))
+
+    report, _ = scenario(build)
+    f = only(report, "ControllerManagerFlagConflict")
+    assert f.root_cause and "refuses to start" in f.summary
