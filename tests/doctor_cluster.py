@@ -99,7 +99,7 @@ class DoctorKubeApi(FakeKubeApi):
         plural, ns = request.match_info["plural"], request.match_info.get("ns")
         labels = _pairs(request.query.get("labelSelector", ""))
         fields = _pairs(request.query.get("fieldSelector", ""))
-        items = [copy.deepcopy(obj) for (p, n, _), obj in self.objects.items()
+        items = [obj for (p, n, _), obj in self.objects.items()
                  if p == plural and (ns is None or n == ns)
                  and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
                  and all(_field(obj, k) == v for k, v in fields.items())]
@@ -110,7 +110,7 @@ class DoctorKubeApi(FakeKubeApi):
         if end < len(items):
             meta["continue"] = str(end)
         return aiohttp.web.json_response({"kind": "List", "apiVersion": "v1", "metadata": meta,
-                                          "items": items[start:end]})
+                                          "items": copy.deepcopy(items[start:end])})
 
     async def _get_any(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)
