@@ -580,3 +580,46 @@ def test_conflicting_mask_flags_of_kube_controller_manager_come_from_its_flags()
     report, _ = scenario(build)
     f = only(report, "ControllerManagerFlagConflict")
     assert f.root_cause and "refuses to start" in f.summary
+
+
+def test_a_serving_certificate_for_another_name_and_a_missing_validating_webhook() -> None:
+    """kube-apiserver checks clientConfig.service's DNS name: a certificate for another Service fails."""
+    wrong = certs.generate("webhook", "default", days=365)
+
+    async def build(api: DoctorKubeApi) -> None:
+        healthy_control_plane(api)
+        await api.put_node(flannel_node("cp1", "10.244.0.0/24"))
+        guard_objects(api, cert_pem=wrong.cert_pem, ca_pem=wrong.ca_cert_pem)
+        api.objects.pop(("validatingwebhookconfigurations", "", "flannel-guard"))
+
+    report, _ = scenario(build)
+    name = only(report, "GuardCertWrongName")
+    assert "does not name flannel-guard.flannel-guard.svc (it names webhook, webhook.default" in name.summary
+    missing = only(report, "GuardWebhookMissing")
+    assert missing.summary.startswith("ValidatingWebhookConfiguration flannel-guard is not registered")
+    assert report.guard is not None and report.guard.cert_verified is True  # its own CA still verifies it
+
+
+def test_cni_not_ready_while_flannel_crashes_follows_from_the_pod() -> None:
+    async def build(api: DoctorKubeApi) -> None:
+        healthy_control_plane(api)
+        await api.put_node(flannel_node("cp1", "10.244.0.0/24"))
+        await api.put_node(flannel_node("w1", "10.244.1.0/24", flannel_ran=False,
+                                        ready_message=CNI_NOT_INITIALIZED))
+        api.put("pods", flannel_pod("kube-flannel-ds-w1", "w1", ready=False, restarts=1))
+        api.logs["kube-flannel", "kube-flannel-ds-w1"] = f"{KLOG}main.go:292] {BR_NETFILTER}\n"
+
+    report, _ = scenario(build)
+    cni = only(report, "CNINotReady")
+    assert cni.caused_by == "FlannelPodNotReady" and "The flannel pod there is not Ready" in cni.detail
+    assert report.root_cause is not None and report.root_cause.code == "BrNetfilterMissing"
+
+
+def test_a_tls_secret_that_is_not_a_certificate() -> None:
+    async def build(api: DoctorKubeApi) -> None:
+        await guard_cluster()(api)
+        api.get("secrets", "flannel-guard", "flannel-guard-tls")["data"]["tls.crt"] = "bm90IGEgY2VydA=="
+
+    report, _ = scenario(build)
+    assert only(report, "GuardCertUnreadable").summary.startswith(
+        "Secret flannel-guard/flannel-guard-tls tls.crt is not a PEM certificate")
