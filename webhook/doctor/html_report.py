@@ -1,6 +1,7 @@
 """``doctor --html FILE``: one self-contained page (inline CSS and JS, no fetch) of the report.
 
-The page embeds the ``-o json`` document itself (:func:`~webhook.doctor.json_report.report_document`)
+The page embeds the ``-o json`` document (:func:`~webhook.doctor.json_report.report_document`,
+less the top-level ``fixes``, which repeat the findings' own)
 and draws each family's address space on a canvas from its run-length encoded
 blocks, so 15,000 nodes cost a few hundred kilobytes, not one element per block.
 Hovering a block names its CIDR and its node.
@@ -14,7 +15,7 @@ from typing import Any
 from webhook.doctor.json_report import report_document
 from webhook.doctor.report import Report
 
-__all__ = ["render_html"]
+__all__ = ["page_document", "render_html"]
 
 _CSS = """
 :root{--used:#2e7d32;--free:#e0e0e0;--reserved:#1565c0;--conflict:#c62828;--outside:#ef6c00}
@@ -166,6 +167,14 @@ def _embed(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":")).replace("<", "\\u003c")
 
 
+def page_document(r: Report) -> dict[str, Any]:
+    """``-o json``'s document without its top-level ``fixes``: they are the findings' fixes, flattened,
+    and embedding them twice doubles the page of a cluster where thousands of nodes need a patch."""
+    doc = report_document(r)
+    del doc["fixes"]
+    return doc
+
+
 def render_html(r: Report) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -173,6 +182,6 @@ def render_html(r: Report) -> str:
         " style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         "<title>flannel-guard doctor</title>"
         f"<style>{_CSS}</style></head><body><div id=\"main\"></div><div id=\"tip\"></div>"
-        f"<script type=\"application/json\" id=\"report\">{_embed(report_document(r))}</script>"
+        f"<script type=\"application/json\" id=\"report\">{_embed(page_document(r))}</script>"
         f"<script>{_JS}</script></body></html>\n"
     )
