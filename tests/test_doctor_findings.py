@@ -156,6 +156,10 @@ def test_a_public_ip_that_is_none_of_the_nodes_addresses_is_a_suspect_and_an_ove
         await api.put_node(flannel_node("cp1", "10.244.0.0/24", internal_ip="192.168.56.11"))
         await api.put_node(flannel_node("w1", "10.244.1.0/24", public_ip="203.0.113.7",
                                         internal_ip="192.168.56.12"))
+        api.put("pods", flannel_pod("kube-flannel-ds-w1", "w1"))
+        api.logs["kube-flannel", "kube-flannel-ds-w1"] = (
+            "I1130 09:00:00.512201       1 match.go:269] Using interface with name eth2 and address"
+            " 203.0.113.7\n")
         manual = flannel_node("w2", "10.244.2.0/24", public_ip="198.51.100.9", internal_ip="192.168.56.13")
         manual["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip-overwrite"] = "198.51.100.9"
         await api.put_node(manual)
@@ -165,6 +169,7 @@ def test_a_public_ip_that_is_none_of_the_nodes_addresses_is_a_suspect_and_an_ove
     assert f.severity is Severity.WARNING and f.subject == "node w1"
     assert f.summary.startswith("suspect: flannel on node w1 announces public-ip 203.0.113.7")
     assert "UDP 8472" in f.detail
+    assert "flannel's log: w1: Using interface with name eth2 and address 203.0.113.7" in f.detail
     note = "node w2: flannel.alpha.coreos.com/public-ip-overwrite=198.51.100.9"
     assert any(note in n for n in report.notes)
 

@@ -37,7 +37,7 @@ from webhook.doctor.facts import (
 )
 from webhook.doctor.klog import known_lines, last_error
 from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL
-from webhook.doctor.sections.annotations import nodes_sharing_public_ip
+from webhook.doctor.sections.annotations import nodes_to_read_logs_of
 from webhook.doctor.sections.kubelet import SANDBOX_REASON
 from webhook.rules.configmap import NET_CONF_KEY
 
@@ -307,7 +307,7 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
                 if (_meta(p).get("labels") or {}).get("app") == "flannel"]
     pods = [_pod_facts(p) for p in raw_pods]
     nodes = [n for n in map(_node_facts, _items(node_doc)) if n is not None]
-    shared = {name for names in nodes_sharing_public_ip(nodes).values() for name in names}
+    shared = nodes_to_read_logs_of(nodes)
 
     def read_log(pod: Mapping[str, Any], facts: PodFacts) -> tuple[str | None, tuple[str, ...]]:
         container = _flannel_container(pod)

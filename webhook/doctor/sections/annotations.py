@@ -18,7 +18,8 @@ from webhook.doctor.model import Context, Section
 from webhook.doctor.report import Fix
 from webhook.rules.findings import Severity
 
-__all__ = ["flannel_annotations", "flannel_settings", "nodes_sharing_public_ip"]
+__all__ = ["flannel_annotations", "flannel_settings", "nodes_announcing_elsewhere", "nodes_sharing_public_ip",
+           "nodes_to_read_logs_of"]
 
 _WINDOWS_MIN_VNI = 4096
 _DEFAULT_VNI = 1
@@ -36,6 +37,24 @@ def nodes_sharing_public_ip(nodes: Iterable[NodeFacts]) -> dict[str, list[str]]:
         if ip:
             by_ip[ip].append(n.name)
     return {ip: sorted(names) for ip, names in by_ip.items() if len(names) > 1}
+
+
+def nodes_announcing_elsewhere(nodes: Iterable[NodeFacts]) -> list[tuple[str, str, str]]:
+    """(node, public-ip, its addresses) for nodes whose flannel announces none of their addresses."""
+    out = []
+    for n in sorted(nodes, key=lambda n: n.name):
+        ip, overwrite = n.annotation("public-ip"), n.annotation("public-ip-overwrite")
+        addresses = {a for _, a in n.addresses}
+        if ip and addresses and ip not in addresses and not overwrite:
+            out.append((n.name, ip, ", ".join(sorted(addresses))))
+    return out
+
+
+def nodes_to_read_logs_of(nodes: Iterable[NodeFacts]) -> set[str]:
+    """The nodes whose flannel start-up log (its interface choice) a public-ip finding quotes."""
+    listed = list(nodes)
+    shared = {name for names in nodes_sharing_public_ip(listed).values() for name in names}
+    return shared | {name for name, _, _ in nodes_announcing_elsewhere(listed)}
 
 
 def _vni(data: str) -> int | None:
@@ -89,15 +108,12 @@ def _public_ip(ctx: Context, out: Section) -> None:
         out.add(Severity.ERROR, "PublicIPShared", "nodes",
                 f"{len(names)} nodes share flannel's public-ip {ip} ({', '.join(names[:5])}).", detail, fixes,
                 subjects=[f"node {n}" for n in names])
-    elsewhere: list[tuple[str, str, str]] = []  # (node, public-ip, its addresses)
     for n in sorted(ctx.facts.nodes, key=lambda n: n.name):
-        ip, overwrite = n.annotation("public-ip"), n.annotation("public-ip-overwrite")
-        addresses = {a for _, a in n.addresses}
+        overwrite = n.annotation("public-ip-overwrite")
         if overwrite:
             out.notes.append(f"node {n.name}: flannel.alpha.coreos.com/public-ip-overwrite={overwrite}"
                              " (set by hand: flannel announces it instead of the interface's address)")
-        elif ip and addresses and ip not in addresses:
-            elsewhere.append((n.name, ip, ", ".join(sorted(addresses))))
+    elsewhere = nodes_announcing_elsewhere(ctx.facts.nodes)
     if not elsewhere:
         return
     first, ip, addresses = elsewhere[0]
@@ -113,7 +129,8 @@ def _public_ip(ctx: Context, out: Section) -> None:
     out.add(Severity.WARNING, "PublicIPNotNodeAddress", subject, summary,
             "flannel picked another interface than the node's (flannel#712, #981, #1978), or the address is"
             " NATed; other nodes' VXLAN packets then go nowhere. Only the host can tell whether UDP 8472 is"
-            " reachable there.",
+            " reachable there." + "".join(f" flannel's log: {line}" for line in
+                                          _interface_lines(ctx, [n for n, _, _ in elsewhere])[:4]),
             [Fix("manual", f"on {first}: ip -o addr | grep {ip}; set --iface in the kube-flannel DaemonSet,"
                  " or annotate flannel.alpha.coreos.com/public-ip-overwrite=<reachable address>")],
             subjects=[f"node {n}" for n, _, _ in elsewhere])
