@@ -12,6 +12,7 @@ DEB_PACKAGES += buildah
 DEB_PACKAGES += mmdebstrap
 # tests/test_prometheus.py: promtool check/test rules, and a real server scraping ours.
 DEB_PACKAGES += prometheus
+DEB_PACKAGES += chromium
 DEB_STAMP := $(TOOLS_DIR)/.deb-packages
 
 .PHONY: debs

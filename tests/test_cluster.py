@@ -28,7 +28,7 @@ from kube_emulator import (
 
 from webhook import cluster
 from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover, staleness_note
-from webhook.discovery import Resolution, SourceKind
+from webhook.discovery import Resolution, SourceKind, resolution_from
 from webhook.state import ClusterState
 
 T = TypeVar("T")
@@ -126,13 +126,15 @@ def test_discovery_reports_the_seed_disagreement() -> None:
 
 
 def test_discovery_with_no_source_says_so() -> None:
-    """An empty kube-system: no effective value, each absent source noted, nothing raised.
-
-    No source and no flannel ConfigMap yet: the first flannel ConfigMap applied defines it."""
+    """An empty kube-system: no effective value, each absent source noted, nothing raised."""
     res = run(_discover_kmock([]))
-    assert res.effective is None and res.flannel_defines
+    assert res.effective is None and not res.flannel_defines
     text = "\n".join(res.notes + res.absent)
-    assert "no flannel ConfigMap exists yet" in text
+    assert "no cluster-cidr source answered" in text
+    # serve also reads the flannel ConfigMaps: none yet, so the first one applied defines it.
+    served = resolution_from(None, [], None, None, [])
+    assert served.effective is None and served.flannel_defines
+    assert "no flannel ConfigMap exists yet" in "\n".join(served.notes)
     assert "ConfigMap kube-system/kubeadm-config: not found (404)" in text
     assert "ConfigMap kube-system/kube-proxy: not found (404)" in text
     assert "no kube-controller-manager pod" in text

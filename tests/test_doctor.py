@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from doctor_cluster import SEED_LOG, DoctorKubeApi, apply_fix, flannel_configmap, seed_cluster
+from doctor_cluster import SEED_LOG, SEED_MESSAGE, DoctorKubeApi, apply_fix, flannel_configmap, seed_cluster
 from kube_emulator import (
     client_for,
     free_port,
@@ -114,7 +114,7 @@ def node_row(report: Report, name: str) -> tuple[str, ...]:
 def seed_facts(*workers: str) -> ClusterFacts:
     nodes = {"cp1": ["172.18.0.0/24"], **{w: [] for w in workers}}
     pods = [PodFacts("kube-flannel", f"kube-flannel-ds-{w}", w, False, "CrashLoopBackOff", 3,
-                     SEED_LOG.replace("worker-0001", w)) for w in workers]
+                     SEED_MESSAGE.replace("worker-0001", w)) for w in workers]
     return facts(resolution(None, allocate=False, pod_subnet=None), flannel=net_conf("172.18.0.0/16"),
                  nodes=nodes, pods=pods)
 
@@ -296,7 +296,8 @@ def test_text_output_is_an_aligned_table() -> None:
     assert lines[0].startswith("flannel-guard doctor: UNHEALTHY")
     assert lines[1].startswith("ROOT CAUSE: kubeadm init ran without --pod-network-cidr")
     fix_line = next(i for i, line in enumerate(lines) if "kubectl patch node worker-0001" in line)
-    assert lines[fix_line].lstrip().startswith("fix: ")
+    # kube-controller-manager is being fixed to allocate: the patch is the alternative, not a step.
+    assert lines[fix_line].lstrip().startswith("or: ")
 
 
 def test_json_output_carries_the_tables_and_the_fixes() -> None:
@@ -305,7 +306,7 @@ def test_json_output_carries_the_tables_and_the_fixes() -> None:
     assert doc["clusterCIDR"]["proposed"] == "172.18.0.0/16"
     assert doc["allocation"]["allocateNodeCIDRs"] is None
     assert doc["nodes"][1] == {"name": "worker-0001", "podCIDRs": [], "ok": False, "problems": ["missing"]}
-    assert doc["flannelPodsNotReady"][0]["lastLogLine"] == SEED_LOG
+    assert doc["flannelPodsNotReady"][0]["lastLogLine"] == SEED_MESSAGE
     assert doc["findings"][0]["rootCause"] is True
     assert [f["action"] for f in doc["fixes"]][:2] == ["set-controller-manager-flags",
                                                        "set-kubeadm-pod-subnet"]
@@ -335,7 +336,7 @@ def test_the_seed_cluster_is_diagnosed_and_its_fixes_make_it_healthy(
                     """ '{"spec":{"podCIDR":"172.18.1.0/24","podCIDRs":["172.18.1.0/24"]}}'""") in out
             assert "--cluster-cidr=172.18.0.0/16 --allocate-node-cidrs=true" in out
             assert "networking.podSubnet: 172.18.0.0/16" in out
-            assert SEED_LOG in out
+            assert SEED_MESSAGE in out and SEED_LOG not in out  # klog's header trimmed
             assert {r.method for r in api.requests} == {"GET"}
             logs = [r for r in api.requests if r.path.endswith("/log")]
             assert [(r.path, r.query) for r in logs] == [
@@ -385,7 +386,7 @@ def test_the_last_error_line_is_preferred_to_a_trailing_info_line() -> None:
             return await gather(client_for(api.url), timeout=5.0)
 
     got = run(scenario())
-    assert [p.last_log_line for p in got.pods if not p.ready] == [SEED_LOG]
+    assert [p.last_log_line for p in got.pods if not p.ready] == [SEED_MESSAGE]
     assert [c.ref for c in got.configmaps] == ["kube-flannel/kube-flannel-cfg",
                                                "kube-system/kube-flannel-cfg"]
 
@@ -410,3 +411,25 @@ def test_a_missing_kubeconfig_or_a_bad_override_exits_2(tmp_path: Path,
     absent = str(tmp_path / "absent")
     assert doctor.main(["doctor", "--kubeconfig", absent, "--cluster-cidr", "10.0.0.1/8"]) == 2
     assert "--cluster-cidr" in capsys.readouterr().err
+
+
+def test_the_command_line_loads_neither_the_kubernetes_client_nor_the_diagnosis() -> None:
+    """`flannel-guard check` builds the whole parser (doctor's included) without importing them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webhook.cli; webhook.cli._parser();"
+            " print(sorted(m for m in ('kubernetes', 'urllib3', 'cryptography', 'webhook.doctor.diagnosis')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_nodes_without_a_podcidr_follow_from_the_allocation_finding() -> None:
+    """The seed: the node finding points at NoClusterCIDR, the pods' finding at the node finding."""
+    report = diagnose(seed_facts("worker-0001", "worker-0002"))
+    by_code = {f.code: f for f in report.findings}
+    assert by_code["NodeWithoutPodCIDR"].caused_by == "NoClusterCIDR"
+    assert by_code["FlannelPodNotReady"].caused_by == "NodeWithoutPodCIDR"
+    assert "[follows from 1]" in render_text(report)

@@ -667,9 +667,9 @@ def client_methods() -> set[str]:
     }
 
 
-# Modules that run with the operator's own kubeconfig (`flannel-guard doctor`), never
-# with the webhook's ServiceAccount: their calls need no grant.
-OPERATOR_ONLY = {"doctor.py"}
+# Code that runs with the operator's own kubeconfig (`flannel-guard doctor`, the package
+# webhook/doctor/), never with the webhook's ServiceAccount: its calls need no grant.
+OPERATOR_ONLY = {"doctor"}
 
 
 def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, str, str]]:
@@ -681,7 +681,7 @@ def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, s
     """
     if sources is None:
         sources = {p.name: p.read_text() for p in (ROOT / "webhook").rglob("*.py")
-                   if p.name not in OPERATOR_ONLY}
+                   if p.relative_to(ROOT / "webhook").parts[0].removesuffix(".py") not in OPERATOR_ONLY}
     methods = client_methods()
     calls = set()
     for filename, text in sources.items():

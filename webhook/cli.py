@@ -17,9 +17,10 @@ from pathlib import Path
 
 import structlog
 
-from webhook import __version__, doctor
+from webhook import __version__
 from webhook.cidr import CidrError, parse_cidr_list
 from webhook.constants import NAMESPACE, SERVICE
+from webhook.doctor.cli import add_parser as add_doctor_parser
 from webhook.rules import Mode, NetworkMatch, RuleSettings, Severity
 from webhook.settings import DEFAULT_CLUSTER_CIDR, Settings, env_default
 
@@ -192,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--ip", action="append", default=[], help="an extra IP SAN (repeatable)")
     certs.add_argument("--dev", action="store_true",
                        help="only if missing or expiring: add localhost and 127.0.0.1 (make run)")
-    doctor.add_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 
@@ -278,5 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "certs":
         return _cmd_certs(args)
     if args.command == "doctor":
-        return doctor.run(args)
+        from webhook.doctor.cli import run as run_doctor
+
+        return run_doctor(args)
     return _cmd_serve(args)

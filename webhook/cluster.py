@@ -115,7 +115,7 @@ async def discover(
     flag_origin: str = "--cluster-cidr flag",
     namespace: str = "kube-system",
     timeout: float = 5.0,
-    flannel: Sequence[dict[str, Any]] = (),
+    flannel: Sequence[dict[str, Any]] | None = None,
 ) -> Resolution:
     """Read every cluster-cidr source the API has and resolve them (:func:`webhook.discovery.resolve`).
 
@@ -154,8 +154,9 @@ async def discover(
     else:
         flag_src = CidrSource(flag_origin, tuple(flag), ",".join(map(str, flag))) if flag else None
     return resolution_from(flag_src, _items(pods), kubeadm if isinstance(kubeadm, dict) else None,
-                           proxy if isinstance(proxy, dict) else None, flannel, notes=notes,
-                           pods_listed=isinstance(pods, dict), namespace=namespace)
+                           proxy if isinstance(proxy, dict) else None, flannel or (), notes=notes,
+                           pods_listed=isinstance(pods, dict), namespace=namespace,
+                           flannel_fallback=flannel is not None)
 
 
 def _items(doc: object) -> list[dict[str, Any]]:

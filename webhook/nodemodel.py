@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from webhook.cidr import CidrError, IPNetwork, parse_cidr
 
-__all__ = ["NodeModel", "is_stored", "node_model", "node_name", "pod_cidrs"]
+__all__ = ["NodeModel", "is_stored", "networks_of", "node_model", "node_name", "pod_cidrs"]
 
 #: A list item's podCIDRs beyond this are not read (the API server allows two).
 _MAX_CIDRS = 8
@@ -71,14 +72,19 @@ class NodeModel:
         return bool(self.texts)
 
 
-def node_model(obj: dict[str, Any] | None) -> NodeModel | None:
-    """The model of a Node object (None without a name)."""
-    name = node_name(obj)
-    if not name:
-        return None
-    texts = tuple(pod_cidrs(obj))
+def networks_of(texts: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """The networks podCIDR texts occupy (those that parse; host bits masked off)."""
     nets: list[IPNetwork] = []
     for text in texts:
         with contextlib.suppress(CidrError):
             nets.append(parse_cidr(text).network)
-    return NodeModel(name, texts, tuple(nets), is_stored(obj))
+    return tuple(nets)
+
+
+def node_model(obj: Mapping[str, Any] | None) -> NodeModel | None:
+    """The model of a Node object (None without a name)."""
+    name = node_name(obj)  # type: ignore[arg-type]
+    if not name:
+        return None
+    texts = tuple(pod_cidrs(obj))  # type: ignore[arg-type]
+    return NodeModel(name, texts, networks_of(texts), is_stored(obj))  # type: ignore[arg-type]

@@ -1,0 +1,116 @@
+"""``flannel-guard doctor``'s command line: parse, gather, diagnose, print (and ``--html FILE``).
+
+Importing this module does not load the Kubernetes client: ``gather`` is imported
+when the command runs, so ``flannel-guard check`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from webhook.cidr import CidrError, parse_cidr_list
+from webhook.constants import NAMESPACE
+from webhook.doctor.report import EXIT_UNREADABLE
+from webhook.settings import env_default
+
+__all__ = ["add_parser", "main", "run"]
+
+DEFAULT_FLANNEL_CONFIGMAPS = ("kube-flannel/kube-flannel-cfg", "kube-system/kube-flannel-cfg")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``doctor`` to a ``flannel-guard`` command line."""
+    p = subparsers.add_parser(
+        "doctor", help="diagnose a live cluster, read-only (exit 0 healthy, 1 findings, 2 unreadable)",
+        description="Read the cluster-cidr sources, kube-controller-manager's allocation, the flannel"
+                    " ConfigMaps, every Node's podCIDRs and flannel annotations, the flannel pods and their"
+                    " logs, the kubelet's sandbox events and flannel-guard itself; print what is wrong and"
+                    " the exact fix. Changes nothing.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--kubeconfig", type=Path, default=None,
+                     help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    p.add_argument("--html", type=Path, default=None, metavar="FILE",
+                   help="also write the report as one self-contained HTML page, with the address space"
+                        " drawn as a grid of node blocks")
+    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"), metavar="CIDR[,CIDR]",
+                   help="the cluster-cidr to check against, overriding every source (one CIDR or IPv4,IPv6)")
+    p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
+                   help="a flannel ConfigMap to read (repeatable; default kube-flannel/kube-flannel-cfg and"
+                        " kube-system/kube-flannel-cfg); flannel pods are looked for in the same namespaces")
+    p.add_argument("--guard-namespace", default=NAMESPACE, metavar="NAMESPACE",
+                   help=f"namespace flannel-guard is installed in (default {NAMESPACE})")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds for each API call (default 5)")
+
+
+def _configmaps(items: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for item in items or DEFAULT_FLANNEL_CONFIGMAPS:
+        ns, sep, name = item.partition("/")
+        if not sep or not ns or not name or "/" in name:
+            raise ValueError(f"--flannel-configmap {item!r}: expected NAMESPACE/NAME")
+        pairs.append((ns, name))
+    return tuple(dict.fromkeys(pairs))
+
+
+def _unreadable(args: argparse.Namespace, message: str) -> int:
+    print(f"flannel-guard doctor: cannot read the cluster: {message}", file=sys.stderr)
+    if args.output == "json":
+        print(json.dumps({"healthy": False, "exitCode": EXIT_UNREADABLE, "error": message}, indent=2))
+    return EXIT_UNREADABLE
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``doctor`` with parsed arguments; print the report; return the exit code."""
+    if args.cluster_cidr:
+        try:
+            parse_cidr_list(args.cluster_cidr)
+        except CidrError as e:
+            print(f"flannel-guard doctor: --cluster-cidr: {e}", file=sys.stderr)
+            return EXIT_UNREADABLE
+    try:
+        configmaps = _configmaps(args.flannel_configmap)
+    except ValueError as e:
+        print(f"flannel-guard doctor: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    from webhook.cluster import api_client
+    from webhook.doctor.collect import ClusterUnreadable, gather
+    from webhook.doctor.diagnosis import diagnose
+    from webhook.doctor.html_report import render_html
+    from webhook.doctor.json_report import render_json
+    from webhook.doctor.text_report import render_text
+
+    try:
+        api = api_client(args.kubeconfig, args.in_cluster)
+    except Exception as e:  # kubernetes.config raises ConfigException, OSError, yaml and key errors
+        why = " ".join(str(e).split())[:200]
+        return _unreadable(args, f"no usable kubeconfig ({type(e).__name__}: {why})")
+    try:
+        facts = asyncio.run(gather(api, args.cluster_cidr, timeout=args.timeout,
+                                   flannel_configmaps=configmaps, guard_namespace=args.guard_namespace))
+    except ClusterUnreadable as e:
+        return _unreadable(args, str(e))
+    finally:
+        api.close()
+    report = diagnose(facts)
+    print(render_json(report) if args.output == "json" else render_text(report))
+    if args.html is not None:
+        try:
+            args.html.write_text(render_html(report), encoding="utf-8")
+        except OSError as e:
+            print(f"flannel-guard doctor: --html {args.html}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_UNREADABLE
+    return report.exit_code
+
+
+def main(argv: Sequence[str]) -> int:
+    """``flannel-guard doctor ...`` on its own parser (tests; the real CLI wires :func:`add_parser`)."""
+    parser = argparse.ArgumentParser(prog="flannel-guard")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run(parser.parse_args(argv))

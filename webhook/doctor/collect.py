@@ -1,0 +1,375 @@
+"""``gather``, the thin I/O shell of ``doctor``: read what the diagnosis needs from the API, read-only.
+
+Raw JSON only, a timeout on every call; 403 and 404 are noted and the diagnosis
+goes on with what could be read. Only an API that cannot be reached at all (or
+refuses the credentials) raises :class:`ClusterUnreadable`. Lists are paged
+(``limit``) and capped, so a 15,000-node cluster costs a bounded number of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import kubernetes.client
+import urllib3
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from webhook.cluster import discover
+from webhook.constants import NAMESPACE, SERVICE, TLS_SECRET
+from webhook.discovery import from_controller_manager_pod
+from webhook.doctor.facts import (
+    FLANNEL_ANNOTATION_PREFIX,
+    ClusterFacts,
+    ConditionFacts,
+    ConfigMapFacts,
+    EventFacts,
+    GuardFacts,
+    NodeFacts,
+    PodFacts,
+    WebhookFacts,
+    WorkloadPodFacts,
+)
+from webhook.doctor.klog import known_lines, last_error
+from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL
+from webhook.doctor.sections.annotations import nodes_to_read_logs_of
+from webhook.doctor.sections.kubelet import SANDBOX_REASON
+from webhook.leases import ANNOTATION_CIDR, LABEL_MANAGED
+from webhook.nodemodel import pod_cidrs
+from webhook.rules.configmap import NET_CONF_KEY
+
+__all__ = ["DEFAULT_FLANNEL_CONFIGMAPS", "ClusterUnreadable", "gather"]
+
+DEFAULT_FLANNEL_CONFIGMAPS = (("kube-flannel", "kube-flannel-cfg"), ("kube-system", "kube-flannel-cfg"))
+_LOG_TAIL = 20
+_LOG_HEAD_BYTES = 65536  # flannel logs its interface choice at start-up: the head of the log
+_PAGE = 500
+_MAX_PAGES = 200  # 100,000 objects per list at most
+_KCM_SELECTOR = "component=kube-controller-manager"
+# flannel-guard's reservation Leases (webhook/leases.py writes them; read here by their shape).
+_LEASE_SELECTOR = "=".join(LABEL_MANAGED)
+_LEASE_CIDR = ANNOTATION_CIDR
+
+
+class ClusterUnreadable(Exception):
+    """Raised by :func:`gather` when the API cannot be reached or refuses the credentials (exit 2)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a connection failure: urllib3 wraps the socket error twice."""
+    inner: BaseException = exc
+    while isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+        inner = inner.reason
+    text = " ".join(str(inner).split())
+    if "Connection refused" in text or isinstance(inner, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(inner, urllib3.exceptions.TimeoutError | TimeoutError):
+        return "timed out"
+    return text[:160] or type(inner).__name__
+
+
+def _items(doc: object) -> list[dict[str, Any]]:
+    items = doc.get("items") if isinstance(doc, dict) else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _node_facts(obj: Mapping[str, Any]) -> NodeFacts | None:
+    name = _meta(obj).get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    cidrs = pod_cidrs(obj)  # type: ignore[arg-type]  # webhook/nodemodel.py: as the API stores them
+    annotations = {k: str(v) for k, v in (_meta(obj).get("annotations") or {}).items()
+                   if isinstance(k, str) and k.startswith(FLANNEL_ANNOTATION_PREFIX)}
+    status = obj.get("status") or {}
+    addresses = tuple((str(a.get("type", "")), str(a.get("address", "")))
+                      for a in status.get("addresses") or [] if isinstance(a, dict))
+    conditions = tuple(ConditionFacts(str(c.get("type", "")), str(c.get("status", "")),
+                                      str(c.get("reason") or ""), str(c.get("message") or ""))
+                       for c in status.get("conditions") or [] if isinstance(c, dict))
+    os_label = str((_meta(obj).get("labels") or {}).get("kubernetes.io/os", ""))
+    return NodeFacts(name, tuple(str(c) for c in cidrs), annotations, addresses, conditions, os_label)
+
+
+def _flannel_container(pod: Mapping[str, Any]) -> str | None:
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
+    if FLANNEL_CONTAINER in names:
+        return FLANNEL_CONTAINER
+    return names[0] if names and isinstance(names[0], str) else None
+
+
+def _pod_facts(pod: Mapping[str, Any]) -> PodFacts:
+    meta = _meta(pod)
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [] if isinstance(c, dict))
+    container = _flannel_container(pod)
+    state, restarts = str(status.get("phase") or ""), 0
+    for cs in status.get("containerStatuses") or []:
+        if not isinstance(cs, dict) or cs.get("name") != container:
+            continue
+        restarts = int(cs.get("restartCount") or 0)
+        st = cs.get("state") or {}
+        for key in ("waiting", "terminated"):
+            if isinstance(st.get(key), dict):
+                state = str(st[key].get("reason") or key.capitalize())
+                break
+        else:
+            if "running" in st:
+                state = "Running"
+    return PodFacts(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
+                    node=(pod.get("spec") or {}).get("nodeName"), ready=ready, state=state, restarts=restarts)
+
+
+def _workload_pod(pod: Mapping[str, Any]) -> WorkloadPodFacts | None:
+    spec, status, meta = pod.get("spec") or {}, pod.get("status") or {}, _meta(pod)
+    if spec.get("hostNetwork") or not spec.get("nodeName"):
+        return None
+    ips = tuple(str(i.get("ip")) for i in status.get("podIPs") or [] if isinstance(i, dict) and i.get("ip"))
+    if not ips and status.get("podIP"):
+        ips = (str(status["podIP"]),)
+    if not ips:
+        return None
+    return WorkloadPodFacts(str(meta.get("namespace") or ""), str(meta.get("name") or ""),
+                            str(spec["nodeName"]), ips)
+
+
+def _event(e: Mapping[str, Any]) -> EventFacts:
+    inv = e.get("involvedObject") or {}
+    source = e.get("source") or {}
+    node = source.get("host") or e.get("reportingInstance") or ""
+    return EventFacts(namespace=str(_meta(e).get("namespace") or ""), kind=str(inv.get("kind") or ""),
+                      name=str(inv.get("name") or ""), reason=str(e.get("reason") or ""),
+                      message=str(e.get("message") or ""), node=str(node), count=int(e.get("count") or 1))
+
+
+def _webhooks(doc: object) -> tuple[WebhookFacts, ...] | None:
+    if not isinstance(doc, dict):
+        return None
+    out = []
+    for w in doc.get("webhooks") or []:
+        if not isinstance(w, dict):
+            continue
+        cc = w.get("clientConfig") or {}
+        svc = cc.get("service") or {}
+        try:
+            bundle = base64.b64decode(cc.get("caBundle") or "", validate=True)
+        except ValueError:
+            bundle = b""
+        out.append(WebhookFacts(str(w.get("name") or ""),
+                                (str(svc.get("namespace")), str(svc.get("name"))) if svc else None,
+                                bundle, str(w.get("failurePolicy") or "Fail")))
+    return tuple(out)
+
+
+def _container_config(deployment: object) -> tuple[tuple[str, ...], dict[str, str]]:
+    spec = ((deployment or {}).get("spec") or {}).get("template", {}).get("spec", {}) \
+        if isinstance(deployment, dict) else {}
+    container = next((c for c in spec.get("containers") or [] if isinstance(c, dict)), {})
+    args = tuple(str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])])
+    env = {str(e.get("name")): str(e.get("value") or "") for e in container.get("env") or []
+           if isinstance(e, dict) and "value" in e}
+    return args, env
+
+
+def _kube_proxy_mode(doc: object) -> str | None:
+    text = ((doc or {}).get("data") or {}).get("config.conf") if isinstance(doc, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        conf = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    mode = conf.get("mode") if isinstance(conf, dict) else None
+    return str(mode or "")
+
+
+async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = None, *, timeout: float = 5.0,
+                 flannel_configmaps: Sequence[tuple[str, str]] = DEFAULT_FLANNEL_CONFIGMAPS,
+                 guard_namespace: str = NAMESPACE) -> ClusterFacts:
+    """Read what ``diagnose`` needs. Read-only; every call bounded by ``timeout`` seconds.
+
+    Raises :class:`ClusterUnreadable` when the API cannot be reached, refuses the
+    credentials (401) or answers the Node list with a server error.
+    """
+    core = kubernetes.client.CoreV1Api(api)
+    apps = kubernetes.client.AppsV1Api(api)
+    adm = kubernetes.client.AdmissionregistrationV1Api(api)
+    disc = kubernetes.client.DiscoveryV1Api(api)
+    net = kubernetes.client.NetworkingV1Api(api)
+    coord = kubernetes.client.CoordinationV1Api(api)
+    host = api.configuration.host
+    bound = (timeout, timeout)
+    notes: list[str] = []
+    guard_notes: list[str] = []
+
+    def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
+        resp = call(*args, _preload_content=False, _request_timeout=bound, **kwargs)
+        return bytes(resp.data)
+
+    def get(what: str, call: Callable[..., Any], *args: Any, into: list[str] | None = None,
+            **kwargs: Any) -> Any:
+        """Parsed JSON, or None with a note (403, another error); 404 is None silently. Worker thread."""
+        try:
+            return json.loads(raw(call, *args, **kwargs))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            rbac = " (check RBAC)" if e.status in (401, 403) else ""
+            text = f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
+            (notes if into is None else into).append(text + rbac)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            (notes if into is None else into).append(f"{what}: {_reason(e)}")
+        return None
+
+    def paged(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]] | None:
+        items: list[dict[str, Any]] = []
+        token = None
+        for _ in range(_MAX_PAGES):
+            doc = get(what, call, *args, limit=_PAGE, **({"_continue": token} if token else {}), **kwargs)
+            if doc is None:
+                return items or None
+            items += _items(doc)
+            token = (doc.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+        notes.append(f"{what}: more than {_PAGE * _MAX_PAGES} objects, the rest not read")
+        return items
+
+    nodes_readable = True
+    try:
+        node_doc = json.loads(await asyncio.to_thread(raw, core.list_node))
+    except ApiException as e:
+        if e.status not in (403, 404):
+            raise ClusterUnreadable(f"the Kubernetes API at {host} answered HTTP {e.status}"
+                                    f" {e.reason or ''} to GET /api/v1/nodes".rstrip()) from e
+        notes.append(f"nodes: HTTP {e.status} {e.reason or ''} (check RBAC: list nodes)".rstrip())
+        node_doc, nodes_readable = None, False
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise ClusterUnreadable(f"cannot reach the Kubernetes API at {host}: {_reason(e)}") from e
+    except ValueError as e:
+        raise ClusterUnreadable(f"the Kubernetes API at {host} did not answer JSON: {e}") from e
+
+    def thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return asyncio.to_thread(fn, *args, **kwargs)
+
+    flannel_namespaces = list(dict.fromkeys(ns for ns, _ in flannel_configmaps))
+    calls = {
+        "resolution": discover(api, cluster_cidr, timeout=timeout),
+        "kcm": thread(get, "kube-controller-manager pods", core.list_namespaced_pod, "kube-system",
+                      label_selector=_KCM_SELECTOR),
+        "proxy": thread(get, "ConfigMap kube-system/kube-proxy", core.read_namespaced_config_map,
+                        "kube-proxy", "kube-system"),
+        "events": thread(get, f"events ({SANDBOX_REASON})", core.list_event_for_all_namespaces,
+                         field_selector=f"reason={SANDBOX_REASON}", limit=_PAGE),
+        "workloads": thread(paged, "running pods", core.list_pod_for_all_namespaces,
+                            field_selector="status.phase=Running"),
+        "servicecidrs": thread(get, "ServiceCIDRs", net.list_service_cidr),
+        "leases": thread(get, f"Leases in {guard_namespace}", coord.list_namespaced_lease, guard_namespace,
+                         label_selector=_LEASE_SELECTOR, into=guard_notes),
+        "deployment": thread(get, f"Deployment {guard_namespace}/{SERVICE}", apps.read_namespaced_deployment,
+                             SERVICE, guard_namespace, into=guard_notes),
+        "validating": thread(get, f"ValidatingWebhookConfiguration {SERVICE}",
+                             adm.read_validating_webhook_configuration, SERVICE, into=guard_notes),
+        "mutating": thread(get, f"MutatingWebhookConfiguration {SERVICE}",
+                           adm.read_mutating_webhook_configuration, SERVICE, into=guard_notes),
+        "service": thread(get, f"Service {guard_namespace}/{SERVICE}", core.read_namespaced_service, SERVICE,
+                          guard_namespace, into=guard_notes),
+        "slices": thread(get, f"EndpointSlices of {guard_namespace}/{SERVICE}",
+                         disc.list_namespaced_endpoint_slice, guard_namespace,
+                         label_selector=f"kubernetes.io/service-name={SERVICE}", into=guard_notes),
+        "secret": thread(get, f"Secret {guard_namespace}/{TLS_SECRET}", core.read_namespaced_secret,
+                         TLS_SECRET, guard_namespace, into=guard_notes),
+        **{f"cm {ns}/{name}": thread(get, f"ConfigMap {ns}/{name}", core.read_namespaced_config_map, name, ns)
+           for ns, name in flannel_configmaps},
+        **{f"pods {ns}": thread(get, f"pods in {ns} ({FLANNEL_POD_LABEL})", core.list_namespaced_pod, ns,
+                                label_selector=FLANNEL_POD_LABEL) for ns in flannel_namespaces},
+    }
+    got = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+
+    configmaps = []
+    for ns, name in flannel_configmaps:
+        doc = got[f"cm {ns}/{name}"]
+        if isinstance(doc, dict):
+            text = (doc.get("data") or {}).get(NET_CONF_KEY)
+            configmaps.append(ConfigMapFacts(ns, name, text if isinstance(text, str) else None))
+    raw_pods = [p for ns in flannel_namespaces for p in _items(got[f"pods {ns}"])
+                if (_meta(p).get("labels") or {}).get("app") == "flannel"]
+    pods = [_pod_facts(p) for p in raw_pods]
+    nodes = [n for n in map(_node_facts, _items(node_doc)) if n is not None]
+    shared = nodes_to_read_logs_of(nodes)
+
+    def read_log(pod: Mapping[str, Any], facts: PodFacts) -> tuple[str | None, tuple[str, ...]]:
+        container = _flannel_container(pod)
+        what = f"log of pod {facts.ref}"
+        last, lines = None, ()
+        try:
+            if not facts.ready:
+                text = raw(core.read_namespaced_pod_log, facts.name, facts.namespace, container=container,
+                           tail_lines=_LOG_TAIL).decode("utf-8", "replace")
+                if not text.strip() and facts.restarts:
+                    # Just restarted: the reason is in the previous container's log.
+                    text = raw(core.read_namespaced_pod_log, facts.name, facts.namespace, container=container,
+                               tail_lines=_LOG_TAIL, previous=True).decode("utf-8", "replace")
+                last, lines = last_error(text), known_lines(text)
+            if facts.node in shared:
+                head = raw(core.read_namespaced_pod_log, facts.name, facts.namespace, container=container,
+                           limit_bytes=_LOG_HEAD_BYTES).decode("utf-8", "replace")
+                lines = tuple(dict.fromkeys([*lines, *known_lines(head)]))
+        except ApiException as e:
+            notes.append(f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
+                         + (" (check RBAC: get pods/log)" if e.status == 403 else ""))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            notes.append(f"{what}: {_reason(e)}")
+        return last, lines
+
+    logs = await asyncio.gather(*(thread(read_log, p, f) if not f.ready or f.node in shared else _none()
+                                  for p, f in zip(raw_pods, pods, strict=True)))
+    pods = [PodFacts(f.namespace, f.name, f.node, f.ready, f.state, f.restarts, *(log or (None, ())))
+            for f, log in zip(pods, logs, strict=True)]
+
+    kcm = tuple(from_controller_manager_pod(p) for p in _items(got["kcm"]))
+    workloads = tuple(w for w in map(_workload_pod, got["workloads"] or []) if w is not None)
+    service_cidrs = tuple(str(c) for s in _items(got["servicecidrs"])
+                          for c in (s.get("spec") or {}).get("cidrs") or [])
+    reservations = tuple((str((lease.get("spec") or {}).get("holderIdentity") or ""),
+                          str((_meta(lease).get("annotations") or {}).get(_LEASE_CIDR, "")))
+                         for lease in _items(got["leases"]))
+    args, env = _container_config(got["deployment"])
+    ready = not_ready = 0
+    for sl in _items(got["slices"]):
+        for ep in sl.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                not_ready += 1
+            else:
+                ready += 1
+    secret = got["secret"]
+    cert_b64 = ((secret or {}).get("data") or {}).get("tls.crt") if isinstance(secret, dict) else None
+    try:
+        serving_cert = base64.b64decode(cert_b64, validate=True) if isinstance(cert_b64, str) else None
+    except ValueError:
+        serving_cert = None
+    guard = GuardFacts(namespace=guard_namespace, deployment_found=isinstance(got["deployment"], dict),
+                       args=args, env=env, validating=_webhooks(got["validating"]),
+                       mutating=_webhooks(got["mutating"]), service_found=isinstance(got["service"], dict),
+                       ready_endpoints=ready, not_ready_endpoints=not_ready, serving_cert=serving_cert,
+                       unreadable=tuple(guard_notes))
+    return ClusterFacts(resolution=got["resolution"], configmaps=tuple(configmaps), nodes=tuple(nodes),
+                        pods=tuple(pods), nodes_readable=nodes_readable, notes=tuple(notes),
+                        events=tuple(_event(e) for e in _items(got["events"])), workload_pods=workloads,
+                        controller_managers=kcm, kube_proxy_mode=_kube_proxy_mode(got["proxy"]),
+                        service_cidrs=service_cidrs, reservations=reservations, guard=guard,
+                        flannel_configmaps=tuple(flannel_configmaps), gathered_at=time.time())
+
+
+async def _none() -> None:
+    return None
