@@ -24,10 +24,18 @@ from pathlib import Path
 import httpx
 import yaml
 from conftest import node, review
-from kube_emulator import ApiThread, kcm_pod, kube_proxy_configmap, kubeadm_configmap, kubeconfig_file
+from kube_emulator import (
+    ApiThread,
+    client_for,
+    kcm_pod,
+    kube_proxy_configmap,
+    kubeadm_configmap,
+    kubeconfig_file,
+)
 from kube_emulator import node as api_node
 from server_process import serve
 
+from webhook.doctor import diagnose, gather
 from webhook.leader import LEADER_LEASE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kube-flannel-cfg.yaml"
@@ -128,10 +136,23 @@ def test_the_seed_cluster_is_fixed_by_installing_flannel_guard(tmp_path: Path):
             wait_until(lambda: any(e["reason"] == "PodCIDRAssigned" and e["involvedObject"]["name"]
                                    == "early-worker" for e in list(api.api.events.values())),
                        "a PodCIDRAssigned Event on the node")
+            # doctor afterwards: healthy, apart from kube-controller-manager's missing flags.
+            report = diagnose(asyncio.run(gather(client_for(api.api.url), timeout=5.0)))
+            DOCTOR_CODES.extend(f"{f.severity.value}:{f.code}" for f in report.findings)
+            DOCTOR_FIXES.extend(json.dumps(fix.to_json()) for fix in report.fixes)
         stored = [c for n in api.api.nodes.values() for c in n["spec"].get("podCIDRs") or []]
         assert len(stored) == len(set(stored)) == 4
+        # Nothing about nodes, flannel or flannel-guard: only that no source names the cluster-cidr
+        # (kube-controller-manager has no --cluster-cidr), with the flags that say so.
+        assert [c for c in DOCTOR_CODES if not c.startswith("info:")] == ["error:NoClusterCIDR"], DOCTOR_CODES
+        assert any("set-controller-manager-flags" in f and "10.244.0.0/16" in f
+                   for f in DOCTOR_FIXES), DOCTOR_FIXES
     finally:
         api.close()
+
+
+DOCTOR_CODES: list[str] = []
+DOCTOR_FIXES: list[str] = []
 
 
 def test_a_source_changed_while_serving_shows_within_seconds_and_the_allocator_follows(tmp_path: Path):
