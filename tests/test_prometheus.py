@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 from conftest import node, review
-from kube_emulator import free_port
+from kube_emulator import ApiThread, free_port, kubeconfig_file
 from server_process import ServerProcess, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,9 +96,16 @@ def exposed_names(text: str) -> set[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
+    """A server in cluster mode on the loopback API, as deployed (the API's series exist then)."""
     probe_port = free_port()
-    with serve(tmp_path, "--probe-port", str(probe_port), "--cluster-cidr", "10.244.0.0/22") as running:
-        yield running, probe_port
+    api = ApiThread()
+    try:
+        cfg = kubeconfig_file(tmp_path / "kubeconfig", api.api.url)
+        with serve(tmp_path, "--kubeconfig", str(cfg), "--probe-port", str(probe_port),
+                   cluster_cidr="10.244.0.0/22") as running:
+            yield running, probe_port
+    finally:
+        api.close()
 
 
 def test_every_series_the_rules_use_is_one_the_server_emits(server: tuple[ServerProcess, int]) -> None:
