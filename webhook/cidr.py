@@ -74,7 +74,12 @@ def parse_cidr(text: object) -> ParsedCidr:
         raise CidrError(f"{shown} has a zone id; a CIDR takes none")
     addr, sep, prefix = text.partition("/")
     if not sep:
-        raise CidrError(f"{shown} has no prefix length (write e.g. {_shorten(addr)[1:-1]}/24)")
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            raise CidrError(f"{shown} is not a CIDR (an address and a prefix length, e.g."
+                            " 10.244.0.0/16)") from None
+        raise CidrError(f"{shown} has no prefix length (write e.g. {ip}/{24 if ip.version == 4 else 64})")
     if not _PREFIX_RE.match(prefix):
         raise CidrError(f"{shown} has an invalid prefix length {_shorten(prefix)}")
     try:

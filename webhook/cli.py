@@ -14,6 +14,7 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -22,11 +23,20 @@ from webhook.cidr import CidrError, parse_cidr_list
 from webhook.constants import NAMESPACE, SERVICE
 from webhook.doctor.cli import add_parser as add_doctor_parser
 from webhook.rules import Mode, NetworkMatch, RuleSettings, Severity
-from webhook.settings import DEFAULT_CLUSTER_CIDR, Settings, env_default
+from webhook.settings import DEFAULT_CLUSTER_CIDR, EnvironmentError_, Settings, load_environment
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad flag or variable: one line on standard error, exit 2."""
+
+
+# Every FLANNEL_GUARD_* variable, typed and validated (webhook.settings, pydantic-settings):
+# the flags' defaults. Set by main() before the parser is built.
+ENV: Any = None
 
 
 def configure_logging(level: str = "info") -> None:
@@ -71,33 +81,29 @@ def env_default_pod_namespace() -> str:
         return NAMESPACE
 
 
-def _int_or_none(text: str | None) -> int | None:
-    return int(text) if text else None
-
-
 def _arch() -> str:
     machine = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def _rule_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"), metavar="CIDR[,CIDR]",
+    p.add_argument("--cluster-cidr", default=ENV.cluster_cidr, metavar="CIDR[,CIDR]",
                    help="the cluster's pod CIDR, or an IPv4,IPv6 pair (env FLANNEL_GUARD_CLUSTER_CIDR)")
     p.add_argument("--node-cidr-mask-size", "--node-cidr-mask-size-ipv4", dest="mask_v4", type=int,
                    metavar="N",
-                   default=_int_or_none(env_default("node_cidr_mask_size")),
+                   default=ENV.node_cidr_mask_size,
                    help="prefix length of each node's IPv4 podCIDR (default: kube-controller-manager's"
                         " flag when it can be read, else 24)")
     p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int, metavar="N",
-                   default=_int_or_none(env_default("node_cidr_mask_size_ipv6")),
+                   default=ENV.node_cidr_mask_size_ipv6,
                    help="prefix length of each node's IPv6 podCIDR (default: as for IPv4, else 64)")
     p.add_argument("--network-match", choices=[m.value for m in NetworkMatch],
-                   default=env_default("network_match", "exact"),
+                   default=ENV.network_match,
                    help="flannel Network must equal the cluster-cidr (exact, default) or contain it")
     p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
                    help="a guarded flannel ConfigMap (repeatable; default kube-flannel/kube-flannel-cfg"
                         " and kube-system/kube-flannel-cfg)")
-    p.add_argument("--arch", default=env_default("arch", _arch()),
+    p.add_argument("--arch", default=ENV.arch or _arch(),
                    help="architecture flannel runs on, for backends that exist only on some (udp)")
 
 
@@ -108,7 +114,7 @@ def _rule_settings(args: argparse.Namespace, unknown: Severity) -> RuleSettings:
         for item in args.flannel_configmap:
             ns, sep, name = item.partition("/")
             if not sep or not ns or not name:
-                raise SystemExit(f"--flannel-configmap {item!r}: expected NAMESPACE/NAME")
+                raise UsageError(f"--flannel-configmap {item[:80]!r}: expected NAMESPACE/NAME")
             pairs.add((ns, name))
         names = frozenset(pairs)
     return RuleSettings(flannel_configmaps=names, network_match=NetworkMatch(args.network_match),
@@ -116,6 +122,9 @@ def _rule_settings(args: argparse.Namespace, unknown: Severity) -> RuleSettings:
 
 
 def _parser() -> argparse.ArgumentParser:
+    global ENV
+    if ENV is None:
+        ENV = load_environment()
     parser = argparse.ArgumentParser(
         prog="flannel-guard",
         description="Admission webhook and tools that keep flannel's net-conf.json and Node"
@@ -127,53 +136,53 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
     _rule_args(serve)
     serve.add_argument("--mode", choices=[m.value for m in Mode],
-                       default=env_default("mode", "enforce"),
+                       default=ENV.mode,
                        help="enforce: deny what is wrong; warn: admit with warnings")
-    serve.add_argument("--host", default=env_default("host", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(env_default("port", "8443") or 8443))
-    serve.add_argument("--probe-port", type=int, default=int(env_default("probe_port", "0") or 0),
+    serve.add_argument("--host", default=ENV.host)
+    serve.add_argument("--port", type=int, default=ENV.port)
+    serve.add_argument("--probe-port", type=int, default=ENV.probe_port,
                        help="also serve /healthz, /readyz and /metrics over plain HTTP on this port"
                             " (no client certificate asked: for the kubelet and Prometheus; 0: off)")
-    serve.add_argument("--tls-cert", type=Path, default=env_default("tls_cert"))
-    serve.add_argument("--tls-key", type=Path, default=env_default("tls_key"))
-    serve.add_argument("--client-ca", type=Path, default=env_default("client_ca"),
+    serve.add_argument("--tls-cert", type=Path, default=ENV.tls_cert)
+    serve.add_argument("--tls-key", type=Path, default=ENV.tls_key)
+    serve.add_argument("--client-ca", type=Path, default=ENV.client_ca,
                        help="only answer callers with a client certificate signed by this CA")
     src = serve.add_mutually_exclusive_group()
     src.add_argument("--standalone", action="store_true",
                      help="no Kubernetes API: demo/test mode; the node index holds admitted Nodes")
     src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     src.add_argument("--kubeconfig", type=Path, default=None)
-    serve.add_argument("--log-level", default=env_default("log_level", "info"))
-    serve.add_argument("--allocate", choices=["on", "off"], default=env_default("allocate", "on"),
+    serve.add_argument("--log-level", default=ENV.log_level)
+    serve.add_argument("--allocate", choices=["on", "off"], default=ENV.allocate,
                        help="mutating: give Nodes without a podCIDR a free one (default on)")
     serve.add_argument("--on-reservation-failure", choices=["admit", "deny"],
-                       default=env_default("on_reservation_failure", "admit"),
+                       default=ENV.on_reservation_failure,
                        help="when the reservation cannot be written: admit the Node without a podCIDR"
                             " (default, never blocks registration) or deny it")
     serve.add_argument("--on-claim-failure", choices=["deny", "admit"],
-                       default=env_default("on_claim_failure", "deny"),
+                       default=ENV.on_claim_failure,
                        help="when the claim of a podCIDR being written cannot be stored: deny the write"
                             " (default: the writer retries; a duplicate is never admitted) or admit it"
                             " with a warning")
     serve.add_argument("--leader-lease-duration", type=int,
-                       default=int(env_default("leader_lease_duration", "15") or 15),
+                       default=ENV.leader_lease_duration,
                        help="seconds a leader of the assigning loop holds its Lease without renewing it"
                             " (default 15; the other replica takes over after that)")
     serve.add_argument("--reservation-grace", type=float,
-                       default=float(env_default("reservation_grace", "600") or 600),
+                       default=ENV.reservation_grace,
                        help="seconds before a reservation is reclaimed (default 600)")
     serve.add_argument("--fix-network", action="store_true",
-                       default=env_default("fix_network", "") in ("1", "true", "on"),
+                       default=ENV.fix_network,
                        help="mutating: correct a flannel ConfigMap's Network to the cluster-cidr")
     serve.add_argument("--cert-reload-interval", type=float,
-                       default=float(env_default("cert_reload_interval", "10") or 10),
+                       default=ENV.cert_reload_interval,
                        help="seconds between checks of --tls-cert/--tls-key for a rotated pair"
                             " (default 10)")
     serve.add_argument("--shutdown-delay", type=float,
-                       default=float(env_default("shutdown_delay", "0") or 0),
+                       default=ENV.shutdown_delay,
                        help="on SIGTERM, turn /readyz false at once but keep accepting for this many"
                             " seconds before draining (default 0)")
-    serve.add_argument("--namespace", default=env_default("namespace") or env_default_pod_namespace(),
+    serve.add_argument("--namespace", default=ENV.namespace or env_default_pod_namespace(),
                        help="namespace of the reservation Leases (default: POD_NAMESPACE, the service"
                             " account's namespace, else flannel-guard)")
 
@@ -203,7 +212,7 @@ def _cidr_arg(text: str | None) -> tuple | None:
     try:
         return parse_cidr_list(text)
     except CidrError as e:
-        raise SystemExit(f"flannel-guard: --cluster-cidr: {e}") from None
+        raise UsageError(f"--cluster-cidr {text[:80]!r}: {e}") from None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -273,13 +282,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global ENV
+    try:
+        ENV = load_environment()
+    except EnvironmentError_ as e:
+        print(f"flannel-guard: {e}", file=sys.stderr)
+        return EXIT_USAGE
     args = _parser().parse_args(argv)
-    if args.command == "check":
-        return _cmd_check(args)
-    if args.command == "certs":
-        return _cmd_certs(args)
-    if args.command == "doctor":
-        from webhook.doctor.cli import run as run_doctor
+    try:
+        if args.command == "check":
+            return _cmd_check(args)
+        if args.command == "certs":
+            return _cmd_certs(args)
+        if args.command == "doctor":
+            from webhook.doctor.cli import run as run_doctor
 
-        return run_doctor(args)
-    return _cmd_serve(args)
+            return run_doctor(args)
+        return _cmd_serve(args)
+    except UsageError as e:
+        print(f"flannel-guard {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE

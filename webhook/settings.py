@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from webhook.cidr import IPNetwork, parse_cidr_list
 from webhook.rules import Mode, RuleSettings
 
-__all__ = ["DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "Settings", "env_default"]
+__all__ = ["DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "EnvironmentError_", "Settings",
+           "load_environment"]
 
 # flannel's own default (kube-flannel.yml "Network") and kubeadm's usual --pod-network-cidr.
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
@@ -18,11 +20,6 @@ ENV_PREFIX = "FLANNEL_GUARD_"
 # API server's --max-request-bytes default 3 MiB); an AdmissionReview carries object and
 # oldObject, so twice that plus the envelope is the most a real review can be.
 MAX_BODY_BYTES = 7 * 1024 * 1024
-
-
-def env_default(name: str, default: str | None = None) -> str | None:
-    """``FLANNEL_GUARD_<NAME>`` from the environment, else ``default``."""
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
 
 
 @dataclass(frozen=True)
@@ -71,3 +68,78 @@ class Settings:
     @staticmethod
     def parse_cluster_cidr(text: str | None) -> tuple[IPNetwork, ...] | None:
         return parse_cidr_list(text) if text else None
+
+
+# --- the environment, typed and validated ----------------------------------------------------
+
+
+class EnvironmentError_(ValueError):
+    """A ``FLANNEL_GUARD_*`` variable holds a value its flag would refuse (exit 2, one line)."""
+
+
+def _environment_model() -> type:
+    """The typed model of every ``FLANNEL_GUARD_*`` variable (pydantic-settings, built on first use
+    so that ``import webhook.settings`` stays cheap)."""
+    from typing import Annotated, Literal
+
+    from pydantic import Field, field_validator
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class Environment(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore",
+                                          env_ignore_empty=True)
+
+        cluster_cidr: str | None = None
+        node_cidr_mask_size: Annotated[int, Field(ge=1, le=32)] | None = None
+        node_cidr_mask_size_ipv6: Annotated[int, Field(ge=1, le=128)] | None = None
+        network_match: Literal["exact", "contains"] = "exact"
+        arch: str | None = None
+        mode: Literal["enforce", "warn"] = "enforce"
+        host: str = "127.0.0.1"
+        port: Annotated[int, Field(ge=1, le=65535)] = 8443
+        probe_port: Annotated[int, Field(ge=0, le=65535)] = 0
+        tls_cert: Path | None = None
+        tls_key: Path | None = None
+        client_ca: Path | None = None
+        log_level: Literal["debug", "info", "warning", "error"] = "info"
+        allocate: Literal["on", "off"] = "on"
+        on_reservation_failure: Literal["admit", "deny"] = "admit"
+        on_claim_failure: Literal["deny", "admit"] = "deny"
+        leader_lease_duration: Annotated[int, Field(ge=3, le=3600)] = 15
+        reservation_grace: Annotated[float, Field(gt=0, le=86400)] = 600.0
+        fix_network: bool = False
+        cert_reload_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+        shutdown_delay: Annotated[float, Field(ge=0, le=300)] = 0.0
+        namespace: str | None = None
+
+        @field_validator("cluster_cidr")
+        @classmethod
+        def _cidr(cls, value: str | None) -> str | None:
+            if value:
+                parse_cidr_list(value)  # CidrError is a ValueError: reported with the variable
+            return value or None
+
+        @field_validator("log_level", "mode", "network_match", "allocate", "on_reservation_failure",
+                         "on_claim_failure", mode="before")
+        @classmethod
+        def _lower(cls, value: object) -> object:
+            return value.lower() if isinstance(value, str) else value
+
+    return Environment
+
+
+def load_environment() -> Any:
+    """Every ``FLANNEL_GUARD_*`` variable, typed; :class:`EnvironmentError_` names the first bad one."""
+    from pydantic import ValidationError
+
+    model = _environment_model()
+    values = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items()
+              if k.upper().startswith(ENV_PREFIX)}
+    try:
+        return model()
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else "?"
+        raw = values.get(field, "")
+        reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        raise EnvironmentError_(f"{ENV_PREFIX}{field.upper()}={str(raw)[:60]!r}: {reason}") from None

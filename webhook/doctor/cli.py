@@ -16,7 +16,6 @@ from pathlib import Path
 from webhook.cidr import CidrError, parse_cidr_list
 from webhook.constants import NAMESPACE
 from webhook.doctor.report import EXIT_UNREADABLE
-from webhook.settings import env_default
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -39,7 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--html", type=Path, default=None, metavar="FILE",
                    help="also write the report as one self-contained HTML page, with the address space"
                         " drawn as a grid of node blocks")
-    p.add_argument("--cluster-cidr", default=env_default("cluster_cidr"), metavar="CIDR[,CIDR]",
+    from webhook import cli  # the validated FLANNEL_GUARD_* variables (set by cli.main)
+
+    p.add_argument("--cluster-cidr", default=cli.ENV.cluster_cidr if cli.ENV else None,
+                   metavar="CIDR[,CIDR]",
                    help="the cluster-cidr to check against, overriding every source (one CIDR or IPv4,IPv6)")
     p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
                    help="a flannel ConfigMap to read (repeatable; default kube-flannel/kube-flannel-cfg and"
