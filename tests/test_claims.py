@@ -88,7 +88,7 @@ def test_the_suggestion_skips_stored_and_claimed_cidrs_and_the_message_says_who_
     book.put(Claim(N("10.244.0.0/24"), "a", 1_800_000_000.0))
     stored = NodeCidrIndex()
     stored.set("s", [N("10.244.1.0/24")])
-    free = suggest_free([N("10.244.0.0/16")], lambda v: 24, stored, book)
+    free = suggest_free([N("10.244.0.0/16")], lambda v: 24, stored, book.index)
     assert free == [N("10.244.2.0/24")]
     held = ClaimConflict(N("10.244.0.0/24"), "a", N("10.244.0.0/24"), 1_800_000_000.0)
     text = conflict_message("b", [held], free)

@@ -82,3 +82,47 @@ def test_stdin(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(nodes_list(node("a", "10.99.0.0/24"))))
     assert main(["check", "-", "--cluster-cidr", "10.244.0.0/16"]) == 1
     assert "outside the cluster-cidr" in capsys.readouterr().out
+
+
+def _node_list(*nodes: tuple[str, list[str]]) -> str:
+    """``kubectl get nodes -o json``: stored Nodes (uid, creationTimestamp)."""
+    items = []
+    for i, (name, cidrs) in enumerate(nodes):
+        spec = {"podCIDR": cidrs[0], "podCIDRs": cidrs} if cidrs else {}
+        items.append({"apiVersion": "v1", "kind": "Node", "spec": spec, "metadata": {
+            "name": name, "uid": f"uid-{i}", "creationTimestamp": "2026-12-01T10:00:00Z"}})
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def test_stored_nodes_get_fixes_that_work_on_stored_nodes_each_with_its_own_free_subnet(tmp_path, capsys):
+    listing = tmp_path / "nodes.json"
+    listing.write_text(_node_list(("a", ["10.244.1.0/24"]), ("b", ["10.244.1.0/24"]),
+                                  ("c", []), ("d", [])))
+    assert main(["check", str(listing), "--cluster-cidr", "10.244.0.0/16", "-o", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    fixes = {o["name"]: [f for f in o["findings"] if f["severity"] == "error"] for o in report["objects"]}
+    # The two sharing a CIDR: a set podCIDR is immutable, so the fix re-registers the node.
+    for name in ("a", "b"):
+        [overlap] = fixes[name]
+        assert overlap["code"] == "OverlapsNode"
+        assert f"kubectl delete node {name}" in overlap["fix"] and "kubectl patch" not in overlap["fix"]
+    # The seed's nodes without a podCIDR are findings, each with a different free subnet.
+    named = []
+    for name in ("c", "d"):
+        [missing] = fixes[name]
+        assert missing["code"] == "NoPodCIDR" and f"kubectl patch node {name}" in missing["fix"]
+        named.append(missing["fix"].split('"podCIDR":"')[1].split('"')[0])
+    assert len(set(named)) == 2 and "10.244.1.0/24" not in named
+
+
+def test_strict_fails_when_nothing_was_checked_or_the_cluster_cidr_is_unknown(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n")
+    assert main(["check", str(empty)]) == 0
+    assert main(["check", str(empty), "--strict", "--cluster-cidr", "10.244.0.0/16"]) == 1
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "--strict: no flannel ConfigMap or Node found" in out
+    assert "--strict: the cluster-cidr is unknown" in out
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--strict",
+                 "--cluster-cidr", "10.244.0.0/16"]) == 0

@@ -260,7 +260,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
         name = node_name(req.object)
         outcome = await claimer.claim(name, wanted, dry_run=req.dry_run)
         metrics.claims.labels(outcome.status).inc()
-        suggestion = (suggest_free(view.cluster_cidr, view.mask_for, state.index, claimer.book)
+        suggestion = (suggest_free(view.cluster_cidr, view.mask_for, state.index, claimer.book.index)
                       if outcome.status == "conflict" else [])
         verdict = claim_verdict(verdict, outcome, settings.mode, name, suggestion, settings.on_claim_failure)
         if outcome.status == "conflict" and app.state.events is not None and not req.dry_run:

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 
 from webhook.cidr import NodeCidrIndex
-from webhook.nodemodel import node_model
+from webhook.claims import suggest_free
+from webhook.nodemodel import NodeModel, node_model
 from webhook.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
 
 __all__ = ["CheckReport", "InputError", "check_documents", "load_documents", "render"]
@@ -40,14 +41,26 @@ class ObjectReport:
 class CheckReport:
     objects: list[ObjectReport] = field(default_factory=list)
     cluster_cidr: str = "unknown"
+    #: ``--strict``: nothing checked, or no cluster-cidr to check against, fails too.
+    strict: bool = False
 
     @property
     def violations(self) -> int:
         return sum(1 for o in self.objects for f in o.findings if f.severity is Severity.ERROR)
 
     @property
+    def gaps(self) -> list[str]:
+        """Why a clean result would prove nothing (``--strict`` fails on these)."""
+        out = []
+        if not self.objects:
+            out.append("no flannel ConfigMap or Node found in the input")
+        if self.cluster_cidr == "unknown":
+            out.append("the cluster-cidr is unknown (give --cluster-cidr)")
+        return out
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.violations else 0
+        return 1 if self.violations or (self.strict and self.gaps) else 0
 
 
 def _flatten(doc: object) -> Iterator[dict[str, Any]]:
@@ -87,8 +100,15 @@ def check_documents(
     mask_v4: int,
     mask_v6: int,
     settings: RuleSettings,
+    strict: bool = False,
 ) -> CheckReport:
-    """Judge every flannel ConfigMap and Node among ``objects``."""
+    """Judge every flannel ConfigMap and Node among ``objects``.
+
+    Nodes read from the API (a uid or a creationTimestamp: ``kubectl get nodes -o json``)
+    are stored: their podCIDRs cannot change, so a fix for one of them re-registers the
+    node, and one without a podCIDR is a finding (flannel on it fails with ``pod cidr not
+    assigned``). Each fix names its own free subnet: no two nodes are told the same one.
+    """
     index = NodeCidrIndex()
     for _, obj in objects:
         model = node_model(obj) if obj.get("kind") == "Node" else None
@@ -98,7 +118,8 @@ def check_documents(
                        mask_v4=mask_v4, mask_v6=mask_v6)
     # In a file, a ConfigMap without a namespace is judged by its name alone.
     names = {name for _, name in settings.flannel_configmaps}
-    report = CheckReport(cluster_cidr=view.describe_cidr())
+    report = CheckReport(cluster_cidr=view.describe_cidr(), strict=strict)
+    handed = NodeCidrIndex()  # subnets already named in a fix
     for source, obj in objects:
         kind = obj.get("kind")
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
@@ -114,9 +135,52 @@ def check_documents(
         req = ReviewInput(kind=str(kind), operation="CREATE", namespace=namespace, name=name,
                           object=obj, old_object=None)
         findings = review(req, view, settings)
+        model = node_model(obj) if kind == "Node" else None
+        if model is not None and model.stored:
+            findings = _stored_node_findings(model, findings, view, index, handed)
         report.objects.append(ObjectReport(source, str(kind),
                                            f"{namespace}/{name}" if namespace else name, findings))
     return report
+
+
+def _free_for(view: ClusterView, index: NodeCidrIndex, handed: NodeCidrIndex, node: str) -> list[Any]:
+    """A free subnet per cluster-cidr family, none used, none named for another node already."""
+    free = suggest_free(view.cluster_cidr, view.mask_for, index, handed)
+    if free:
+        handed.set(node, free)
+    return free
+
+
+_MOVE = {"OverlapsNode", "OutsideClusterCIDR", "WrongSize", "InvalidPodCIDR", "FamilyNotInCluster",
+         "TooManyPodCIDRs", "DuplicateFamily"}
+
+
+def _stored_node_findings(model: NodeModel, findings: list[Finding], view: ClusterView,
+                          index: NodeCidrIndex, handed: NodeCidrIndex) -> list[Finding]:
+    """Fixes that work on a stored Node: its podCIDR is immutable once set."""
+    name = model.name
+    if not model.has_pod_cidr:
+        free = _free_for(view, index, handed, name) if view.cluster_cidr else []
+        fix = (f"`kubectl patch node {name} -p '{_patch(free)}'`, or let flannel-guard or"
+               " kube-controller-manager allocate it" if free else
+               "let flannel-guard or kube-controller-manager allocate one (--allocate-node-cidrs)")
+        return [*findings, Finding(
+            Severity.ERROR, "NoPodCIDR", f"node {name} has no podCIDR.",
+            f"flannel on it fails with 'failed to acquire lease: node \"{name}\" pod cidr not assigned'.",
+            fix)]
+    if not any(f.code in _MOVE for f in findings):
+        return findings
+    free = _free_for(view, index, handed, name) if view.cluster_cidr else []
+    move = (f"a set podCIDR cannot change: `kubectl drain {name} --ignore-daemonsets`,"
+            f" `kubectl delete node {name}`, restart its kubelet to register again; it then gets"
+            f" a free podCIDR{' (' + ','.join(map(str, free)) + ' is free)' if free else ''}.")
+    return [Finding(f.severity, f.code, f.summary, f.detail, move) if f.code in _MOVE else f
+            for f in findings]
+
+
+def _patch(cidrs: list[Any]) -> str:
+    values = [str(c) for c in cidrs]
+    return json.dumps({"spec": {"podCIDR": values[0], "podCIDRs": values}}, separators=(",", ":"))
 
 
 def render(report: CheckReport, output: str) -> str:
@@ -124,6 +188,7 @@ def render(report: CheckReport, output: str) -> str:
         return json.dumps({
             "clusterCIDR": report.cluster_cidr,
             "violations": report.violations,
+            "gaps": report.gaps,
             "objects": [
                 {
                     "source": o.source, "kind": o.kind, "name": o.name,
@@ -149,5 +214,7 @@ def render(report: CheckReport, output: str) -> str:
                 lines.append(f"        fix: {f.fix}")
     if not report.objects:
         lines.append("no flannel ConfigMap or Node found in the input")
+    if report.strict:
+        lines.extend(f"--strict: {gap}" for gap in report.gaps)
     lines.append(f"{report.violations} violation(s)")
     return "\n".join(lines)

@@ -192,15 +192,15 @@ def to_write(node: str, wanted: Sequence[IPNetwork], book: ClaimBook, now: float
 
 
 def suggest_free(cluster_cidr: Sequence[IPNetwork] | None, mask_for: Callable[[int], int],
-                 stored: NodeCidrIndex, book: ClaimBook,
-                 families: Iterable[int] | None = None) -> list[IPNetwork]:
-    """One free CIDR per cluster-cidr family (only ``families`` when given): neither stored nor claimed."""
+                 *taken: NodeCidrIndex, families: Iterable[int] | None = None) -> list[IPNetwork]:
+    """One free CIDR per cluster-cidr family (only ``families`` when given), in none of ``taken``
+    (the stored Nodes' index, the claims' index, subnets already suggested to others)."""
     out = []
     only = set(families) if families is not None else None
     for net in cluster_cidr or ():
         if only is not None and net.version not in only:
             continue
-        free = first_free_in(net, mask_for(net.version), (stored, book.index))
+        free = first_free_in(net, mask_for(net.version), taken)
         if free is not None:
             out.append(free)
     return out

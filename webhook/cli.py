@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files; - for stdin")
     _rule_args(check)
     check.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    check.add_argument("--strict", action="store_true",
+                       help="also fail (exit 1) when nothing was checked or the cluster-cidr is unknown:"
+                            " for CI, where a clean result must mean something")
 
     certs = sub.add_parser("certs", help="write a CA and a serving certificate for the webhook")
     certs.add_argument("--service", default=SERVICE)
@@ -228,7 +231,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         objects, cluster_cidr=cidr, cidr_source="--cluster-cidr" if cidr else "nowhere",
         mask_v4=args.mask_v4 or 24, mask_v6=args.mask_v6 or 64,
         # Offline, an unknown cluster-cidr is a gap in the input, not a violation.
-        settings=_rule_settings(args, Severity.WARNING),
+        settings=_rule_settings(args, Severity.WARNING), strict=args.strict,
     )
     print(render(report, args.output))
     return report.exit_code
