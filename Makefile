@@ -28,7 +28,8 @@ run: certs
 	@echo "  curl --cacert certs/ca.crt -H 'Content-Type: application/json' \\"
 	@echo "       --data @examples/review-configmap-wrong-network.json https://127.0.0.1:$(PORT)/validate"
 	@echo "  curl --cacert certs/ca.crt -H 'Content-Type: application/json' \\"
-	@echo "       --data @examples/review-node-create.json https://127.0.0.1:$(PORT)/mutate"
+	@echo "       --data @examples/review-node-create.json https://127.0.0.1:$(PORT)/mutate \\"
+	@echo "       | jq -r .response.patch | base64 -d"
 	@echo ""
 	$(BIN)/flannel-guard serve --standalone --cluster-cidr $(CLUSTER_CIDR) --port $(PORT) \
 		--tls-cert certs/tls.crt --tls-key certs/tls.key
