@@ -7,7 +7,6 @@ Every flag of ``serve`` also reads ``FLANNEL_GUARD_<FLAG>`` from the environment
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import platform
@@ -15,8 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from webhook import __version__
 from webhook.cidr import CidrError, parse_cidr_list
@@ -41,6 +38,8 @@ ENV: Any = None
 
 def configure_logging(level: str = "info") -> None:
     """JSON logs, one line per event, on standard error; stdlib loggers rendered the same way."""
+    import structlog  # here: ``check`` and ``certs`` print plain text and need none of it
+
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
@@ -252,6 +251,8 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from webhook.server import serve
 
     configure_logging(args.log_level)

@@ -7,15 +7,15 @@ when the command runs, so ``flannel-guard check`` stays light.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from webhook.cidr import CidrError, parse_cidr_list
 from webhook.constants import NAMESPACE
-from webhook.doctor.report import EXIT_UNREADABLE
+
+#: doctor's exit code for a cluster it cannot read (as webhook.doctor.report's, not imported here).
+EXIT_UNREADABLE = 2
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -62,6 +62,8 @@ def _configmaps(items: Sequence[str] | None) -> tuple[tuple[str, str], ...]:
 
 
 def _unreadable(args: argparse.Namespace, message: str) -> int:
+    import json
+
     print(f"flannel-guard doctor: cannot read the cluster: {message}", file=sys.stderr)
     if args.output == "json":
         print(json.dumps({"healthy": False, "exitCode": EXIT_UNREADABLE, "error": message}, indent=2))
@@ -70,6 +72,8 @@ def _unreadable(args: argparse.Namespace, message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``doctor`` with parsed arguments; print the report; return the exit code."""
+    import asyncio  # here, not at import: ``flannel-guard check`` never needs it
+
     if args.cluster_cidr:
         try:
             parse_cidr_list(args.cluster_cidr)
