@@ -39,6 +39,7 @@ lint: $(STAMP)
 
 test: $(STAMP) tools debs
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

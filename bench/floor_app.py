@@ -2,7 +2,7 @@
 
 ``python bench/floor_app.py --port P --tls-cert C --tls-key K`` serves
 ``POST /validate`` (and ``GET /readyz``) with exactly the server
-:func:`webhook.server.build_server` builds (same uvicorn settings, same TLS
+:func:`webhook.service.server.build_server` builds (same uvicorn settings, same TLS
 context, same FastAPI routing); only the app is this module's. The endpoint
 reads the body, as the real one must, and answers pre-built bytes: what is left
 is the cost of HTTP, TLS and the framework, which no webhook can go below.
@@ -20,9 +20,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
-import webhook.server
-from webhook.settings import Settings
-from webhook.state import ClusterState
+import webhook.service.server
+from webhook.control.settings import Settings
+from webhook.control.state import ClusterState
 
 RESPONSE = json.dumps({
     "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -52,9 +52,10 @@ def main() -> None:
     p.add_argument("--tls-key", type=Path, required=True)
     args = p.parse_args()
     # build_server is the serving stack under test; only the app it wraps is swapped.
-    webhook.server.create_app = floor_app  # type: ignore[assignment]
+    webhook.service.server.create_app = floor_app  # type: ignore[assignment]
     settings = Settings(port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    server, _ = webhook.server.build_server(settings, ClusterState(cluster_cidr=None, cidr_source="none"))
+    state = ClusterState(cluster_cidr=None, cidr_source="none")
+    server, _ = webhook.service.server.build_server(settings, state)
     asyncio.run(server.serve())
 
 

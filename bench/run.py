@@ -39,7 +39,7 @@ import aiohttp.web  # noqa: E402
 import workload  # noqa: E402
 from kube_emulator import ApiThread, FakeKubeApi, free_port, kubeconfig_file  # noqa: E402
 
-from webhook import certs  # noqa: E402
+from webhook.service import certs  # noqa: E402
 
 OUT = BENCH / "out"
 NS = "flannel-guard"
@@ -220,9 +220,9 @@ def micro(repeat: int) -> dict[str, float]:
     """Microseconds per call (best of ``repeat`` timeit rounds, as timeit advises)."""
     import ipaddress
 
-    from webhook.cidr import NodeCidrIndex
-    from webhook.cidrset import CidrSet
-    from webhook.cluster import NodeWatcher
+    from webhook.core.cidr import NodeCidrIndex
+    from webhook.core.cidrset import CidrSet
+    from webhook.kube.cluster import NodeWatcher
 
     def per_call(fn: Any, number: int) -> float:
         return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
@@ -263,7 +263,7 @@ def micro(repeat: int) -> dict[str, float]:
             return _Resp()
 
     def build() -> None:
-        from webhook.state import ClusterState
+        from webhook.control.state import ClusterState
         watcher = NodeWatcher.__new__(NodeWatcher)
         watcher._core = _Core()  # type: ignore[assignment]
         watcher._request_timeout = 1

@@ -52,7 +52,7 @@ from conftest import flannel_configmap, net_conf, node, review  # noqa: E402
 from kube_emulator import ApiThread, free_port, kubeconfig_file, rss_kib  # noqa: E402
 from kube_emulator import node as api_node  # noqa: E402
 
-from webhook import certs  # noqa: E402
+from webhook.service import certs  # noqa: E402
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 RPS = float(os.environ.get("SOAK_RPS", "100"))

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from webhook.cidr import NodeCidrIndex, parse_cidr, parse_cidr_list
-from webhook.rules import ClusterView
+from webhook.core.cidr import NodeCidrIndex, parse_cidr, parse_cidr_list
+from webhook.core.rules import ClusterView
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kube_emulator import free_port
 
-from webhook import certs
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.service import certs
 
 __all__ = ["ServerProcess", "client_pair", "serve"]
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.allocator import Allocator, MemoryStore, StoreUnavailable, lease_name, node_hash
-from webhook.cidr import NodeCidrIndex
-from webhook.cidrset import RangeExhaustedError
+from webhook.control.allocator import Allocator, MemoryStore, StoreUnavailable, lease_name, node_hash
+from webhook.core.cidr import NodeCidrIndex
+from webhook.core.cidrset import RangeExhaustedError
 
 N = ipaddress.ip_network
 

@@ -1,4 +1,4 @@
-"""webhook.certs: the generated PKI, the server TLS context and hot reload.
+"""webhook.service.certs: the generated PKI, the server TLS context and hot reload.
 
 TLS behaviour is checked with real handshakes against a small TLS server on
 127.0.0.1 that uses the context under test, as kube-apiserver would see it.
@@ -23,8 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook import certs
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.service import certs
 
 SVC_HOST = f"{SERVICE}.{NAMESPACE}.svc"  # the name kube-apiserver dials
 

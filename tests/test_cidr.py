@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list
+from webhook.core.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list
 
 
 @pytest.mark.parametrize("text", [

@@ -1,4 +1,4 @@
-"""webhook.cidrset: kube-controller-manager's range allocator, restated and checked.
+"""webhook.core.cidrset: kube-controller-manager's range allocator, restated and checked.
 
 Rows marked ``upstream`` restate the vectors of kubernetes/kubernetes
 ``pkg/controller/nodeipam/ipam/cidrset/cidr_set_test.go`` (the Go test
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webhook import cidrset
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.cidrset import (
+from webhook.core import cidrset
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidrset import (
     CidrSet,
     CidrSetError,
     DualStackAllocator,

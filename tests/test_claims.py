@@ -1,4 +1,5 @@
-"""Claims as pure data (webhook/claims.py) and the claimer's order of writes (webhook/claimer.py).
+"""Claims as pure data (webhook/core/claims.py) and the claimer's order of writes
+(webhook/control/claimer.py).
 
 The property at the end is the project's promise in miniature: replicas whose
 knowledge of the claims lags arbitrarily behind, writing through one exclusive
@@ -14,10 +15,10 @@ from conftest import node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.allocator import MemoryStore, StoreUnavailable
-from webhook.cidr import NodeCidrIndex
-from webhook.claimer import Claimer
-from webhook.claims import (
+from webhook.control.allocator import MemoryStore, StoreUnavailable
+from webhook.control.claimer import Claimer
+from webhook.core.cidr import NodeCidrIndex
+from webhook.core.claims import (
     Claim,
     ClaimBook,
     ClaimConflict,
@@ -28,8 +29,8 @@ from webhook.claims import (
     suggest_free,
     to_write,
 )
-from webhook.rules import Mode, Verdict, claim_verdict
-from webhook.rules.node import claimed_cidrs
+from webhook.core.rules import Mode, Verdict, claim_verdict
+from webhook.core.rules.node import claimed_cidrs
 
 N = ipaddress.ip_network
 

@@ -26,7 +26,7 @@ from kube_emulator import ApiThread, FakeKubeApi, kubeconfig_file
 from kube_emulator import node as api_node
 from server_process import serve
 
-from webhook.allocator import lease_name
+from webhook.control.allocator import lease_name
 
 N = ipaddress.ip_network
 

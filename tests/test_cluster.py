@@ -26,10 +26,10 @@ from kube_emulator import (
     node,
 )
 
-from webhook import cluster
-from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover, staleness_note
-from webhook.discovery import Resolution, SourceKind, resolution_from
-from webhook.state import ClusterState
+from webhook.control.state import ClusterState
+from webhook.core.discovery import Resolution, SourceKind, resolution_from
+from webhook.kube import cluster
+from webhook.kube.cluster import NodeWatcher, api_client, apply_resolution, discover, staleness_note
 
 T = TypeVar("T")
 V4 = ipaddress.ip_network("10.244.0.0/16")

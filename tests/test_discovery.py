@@ -1,4 +1,4 @@
-"""The pure cluster-cidr parsers and their reconciliation (webhook.discovery)."""
+"""The pure cluster-cidr parsers and their reconciliation (webhook.core.discovery)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from kube_emulator import kcm_pod, kube_proxy_configmap, kubeadm_configmap
 
-from webhook import discovery
-from webhook.discovery import (
+from webhook.core import discovery
+from webhook.core.discovery import (
     CidrSource,
     SourceKind,
     flag_source,

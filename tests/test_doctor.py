@@ -25,7 +25,7 @@ from kube_emulator import (
 )
 
 from webhook import doctor
-from webhook.discovery import (
+from webhook.core.discovery import (
     CidrSource,
     Resolution,
     flag_source,
@@ -34,6 +34,7 @@ from webhook.discovery import (
     from_kubeadm_config,
     resolve,
 )
+from webhook.core.rules.flannel import parse_net_conf
 from webhook.doctor import (
     ClusterFacts,
     ConfigMapFacts,
@@ -45,7 +46,6 @@ from webhook.doctor import (
     render_json,
     render_text,
 )
-from webhook.rules.flannel import parse_net_conf
 
 T = TypeVar("T")
 V4 = "10.244.0.0/16"
@@ -62,7 +62,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def resolution(kcm: str | None = V4, *, allocate: bool = True, pod_subnet: str | None = V4,
                proxy: str | None = None, flag: str | None = None, service: str | None = "10.96.0.0/12",
                extra: tuple[str, ...] = ()) -> Resolution:
-    """As :func:`webhook.cluster.discover` builds it from kubeadm-shaped objects."""
+    """As :func:`webhook.kube.cluster.discover` builds it from kubeadm-shaped objects."""
     sources: list[CidrSource] = [flag_source(flag)] if flag else []
     services: list[CidrSource] = []
     kcm_facts = from_controller_manager_pod(

@@ -30,12 +30,13 @@ from doctor_cluster import (
 )
 from kube_emulator import client_for, kcm_pod, kube_proxy_configmap, kubeadm_configmap, kubeconfig_file
 
-from webhook import certs, doctor
+from webhook import doctor
+from webhook.core.rules.findings import Severity
 from webhook.doctor import DoctorFinding, Report, diagnose, gather
 from webhook.doctor.facts import ClusterFacts
 from webhook.doctor.klog import known_lines, last_error, trim
 from webhook.doctor.rank import rank_findings
-from webhook.rules.findings import Severity
+from webhook.service import certs
 
 T = TypeVar("T")
 V4 = "10.244.0.0/16"

@@ -24,7 +24,7 @@ from doctor_cluster import DoctorKubeApi, flannel_configmap, flannel_node, flann
 from kube_emulator import kcm_pod, kube_proxy_configmap, kubeadm_configmap, kubeconfig_file
 
 from webhook import doctor
-from webhook.discovery import from_controller_manager_pod, from_kubeadm_config, resolve
+from webhook.core.discovery import from_controller_manager_pod, from_kubeadm_config, resolve
 from webhook.doctor import ClusterFacts, ConfigMapFacts, NodeFacts, diagnose
 from webhook.doctor.html_report import render_html
 from webhook.doctor.json_report import report_document
@@ -185,7 +185,7 @@ def test_a_15000_node_page_with_7500_nodes_to_patch_stays_under_its_budget() -> 
 
 def test_an_ipv6_family_too_large_to_draw_shows_its_first_blocks() -> None:
     """A /40 of /64s is 16,777,216 blocks: the first MAX_CELLS are drawn, the count stays exact."""
-    from webhook.cidr import parse_cidr
+    from webhook.core.cidr import parse_cidr
     from webhook.doctor.addrspace import MAX_CELLS, address_space
 
     v6 = parse_cidr("fd00:10::/40").network

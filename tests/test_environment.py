@@ -1,4 +1,4 @@
-"""Every FLANNEL_GUARD_* variable is typed and validated (webhook/settings.py, pydantic-settings).
+"""Every FLANNEL_GUARD_* variable is typed and validated (webhook/control/settings.py, pydantic-settings).
 
 A bad value is one line naming the variable and exit 2, before anything runs: never a
 traceback, never a value silently taken as something else.
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from webhook.settings import EnvironmentError_, load_environment
+from webhook.control.settings import EnvironmentError_, load_environment
 
 BAD = {
     "FLANNEL_GUARD_CLUSTER_CIDR": ["not-a-cidr", "10.244.0.1/16", "10.0.0.0/8,10.1.0.0/16"],
@@ -58,7 +58,7 @@ def test_good_values_are_read_as_their_type(monkeypatch: pytest.MonkeyPatch, nam
 
 def test_every_flag_with_a_variable_is_in_the_model() -> None:
     """The table of BAD covers every typed variable (a new flag gets its bad values here too)."""
-    from webhook.settings import _environment_model
+    from webhook.control.settings import _environment_model
 
     fields = set(_environment_model().model_fields)
     untyped = {"arch", "host", "tls_cert", "tls_key", "client_ca", "namespace"}  # free-form text/paths

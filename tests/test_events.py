@@ -6,7 +6,7 @@ import asyncio
 
 from kube_emulator import FakeKubeApi, client_for
 
-from webhook.events import BURST, EventRecorder
+from webhook.kube.events import BURST, EventRecorder
 
 
 class Clock:

@@ -22,8 +22,8 @@ from kube_emulator import node as api_node
 from server_process import ServerProcess, serve
 from test_replicas import replicas
 
-from webhook import certs
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.service import certs
 
 # --- graceful shutdown ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, make_view
 
-from webhook.rules.fixnetwork import fix_network, replace_top_level_value
+from webhook.core.rules.fixnetwork import fix_network, replace_top_level_value
 
 
 def configmap(text: str) -> dict:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from webhook.rules.findings import Severity
-from webhook.rules.flannel import check_network_config, parse_net_conf
+from webhook.core.rules.findings import Severity
+from webhook.core.rules.flannel import check_network_config, parse_net_conf
 
 
 def codes(text: str, arch: str = "amd64") -> tuple[set[str], set[str]]:

@@ -35,14 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kube_emulator import free_port
 
-from webhook import certs
-from webhook.admission import BadReview, parse_review
-from webhook.constants import NAMESPACE, SERVICE
-from webhook.rules import RuleSettings
-from webhook.rules.configmap import review_configmap
-from webhook.rules.fixnetwork import fix_network
-from webhook.rules.flannel import parse_net_conf
-from webhook.rules.node import review_node
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.core.rules import RuleSettings
+from webhook.core.rules.configmap import review_configmap
+from webhook.core.rules.fixnetwork import fix_network
+from webhook.core.rules.flannel import parse_net_conf
+from webhook.core.rules.node import review_node
+from webhook.service import certs
+from webhook.service.admission import BadReview, parse_review
 
 # ---------------------------------------------------------------------------------------------
 # Budgets: the module stays well under 40 s; FUZZ_EXAMPLES overrides every one of them.
@@ -435,7 +435,7 @@ def test_memory_does_not_grow_with_garbage_and_the_process_keeps_answering(serve
 
 def test_a_node_listing_one_cidr_twice_can_be_reindexed() -> None:
     """Found by the long fuzz run: the index dropped a CIDR listed twice twice (KeyError)."""
-    from webhook.cidr import NodeCidrIndex
+    from webhook.core.cidr import NodeCidrIndex
 
     index = NodeCidrIndex()
     net = ipaddress.ip_network("10.244.0.0/17")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from test_manifests import CRD_KINDS, K8S_VERSION, kustomize, need_tool
 
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.core.constants import NAMESPACE, SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "flannel-guard"

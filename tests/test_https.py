@@ -23,13 +23,13 @@ import yaml
 from conftest import FIXTURES, node, review
 from kube_emulator import free_port
 
-from webhook import certs
-from webhook.allocator import Allocator, MemoryStore
-from webhook.constants import NAMESPACE, SERVICE
-from webhook.rules import Mode
-from webhook.server import build_server
-from webhook.settings import Settings
-from webhook.state import ClusterState
+from webhook.control.allocator import Allocator, MemoryStore
+from webhook.control.settings import Settings
+from webhook.control.state import ClusterState
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.core.rules import Mode
+from webhook.service import certs
+from webhook.service.server import build_server
 
 SVC_DNS = f"{SERVICE}.{NAMESPACE}.svc"
 
@@ -330,7 +330,7 @@ def test_fix_network_with_unknown_cluster_cidr_is_refused_not_rewritten(tmp_path
 
 class _UnwritableStore(MemoryStore):
     async def create(self, cidr, node):
-        from webhook.allocator import StoreUnavailable
+        from webhook.control.allocator import StoreUnavailable
 
         raise StoreUnavailable("Lease create answered 503 ServiceUnavailable")
 

@@ -32,8 +32,8 @@ import pytest
 import yaml
 from kube_emulator import free_port
 
-from webhook import certs
-from webhook.constants import NAMESPACE, PORT_IN_CLUSTER, SERVICE
+from webhook.core.constants import NAMESPACE, PORT_IN_CLUSTER, SERVICE
+from webhook.service import certs
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

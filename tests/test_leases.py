@@ -8,10 +8,10 @@ import ipaddress
 import pytest
 from kube_emulator import FakeKubeApi, client_for
 
-from webhook.allocator import Allocator, StoreUnavailable, lease_name
-from webhook.cidr import NodeCidrIndex
-from webhook.claims import ClaimBook
-from webhook.leases import LeaseStore, LeaseWatcher
+from webhook.control.allocator import Allocator, StoreUnavailable, lease_name
+from webhook.core.cidr import NodeCidrIndex
+from webhook.core.claims import ClaimBook
+from webhook.kube.leases import LeaseStore, LeaseWatcher
 
 N = ipaddress.ip_network
 NS = "flannel-guard"

@@ -31,9 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
 
-from webhook import certs
-from webhook.app import Metrics
-from webhook.constants import (
+from webhook.core.constants import (
     NAMESPACE,
     PORT_IN_CLUSTER,
     ROUTE_HEALTHZ,
@@ -44,6 +42,8 @@ from webhook.constants import (
     SERVICE,
     TLS_SECRET,
 )
+from webhook.service import certs
+from webhook.service.app import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -379,9 +379,9 @@ def test_cert_manager_renewals_keep_the_injected_ca_bundle_valid(rendered: dict[
 
 
 def app_routes() -> set[tuple[str, str]]:
-    from webhook.app import create_app
-    from webhook.settings import Settings
-    from webhook.state import ClusterState
+    from webhook.control.settings import Settings
+    from webhook.control.state import ClusterState
+    from webhook.service.app import create_app
 
     app = create_app(Settings(), ClusterState(cluster_cidr=None, cidr_source="test"))
     return {(method, route.path) for route in app.routes for method in getattr(route, "methods", None) or ()}
@@ -454,8 +454,8 @@ def test_tls_secret_is_mounted_where_the_args_point(rendered: dict[str, list[Obj
 
 
 def probe_routes() -> set[tuple[str, str]]:
-    from webhook.probes import probe_app
-    from webhook.state import ClusterState
+    from webhook.control.state import ClusterState
+    from webhook.service.probes import probe_app
 
     app = probe_app(ClusterState(cluster_cidr=None, cidr_source="test"), Metrics())
     return {(method, route.path) for route in app.routes for method in getattr(route, "methods", None) or ()}

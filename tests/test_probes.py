@@ -21,10 +21,11 @@ from conftest import node, review
 from kube_emulator import free_port
 from server_process import client_pair, serve
 
-from webhook import __version__, certs
-from webhook.app import Metrics, pool_blocks
-from webhook.cidrset import CidrSet
-from webhook.constants import NAMESPACE, SERVICE
+from webhook import __version__
+from webhook.core.cidrset import CidrSet
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.service import certs
+from webhook.service.app import Metrics, pool_blocks
 
 
 def samples(text: str, name: str) -> dict[str, float]:

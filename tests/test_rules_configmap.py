@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import flannel_configmap, make_view, net_conf
 
-from webhook.rules import Mode, ReviewInput, RuleSettings, Severity, decide, review
-from webhook.rules.configmap import review_configmap
-from webhook.rules.findings import NetworkMatch
+from webhook.core.rules import Mode, ReviewInput, RuleSettings, Severity, decide, review
+from webhook.core.rules.configmap import review_configmap
+from webhook.core.rules.findings import NetworkMatch
 
 SETTINGS = RuleSettings()
 
@@ -159,8 +159,8 @@ def test_warn_mode_admits_and_says_what_enforce_would_deny():
 
 
 def test_warnings_are_capped_as_the_api_server_does():
-    from webhook.rules import WARNING_MAX, WARNINGS_TOTAL_MAX
-    from webhook.rules.findings import Finding
+    from webhook.core.rules import WARNING_MAX, WARNINGS_TOTAL_MAX
+    from webhook.core.rules.findings import Finding
 
     many = [Finding(Severity.WARNING, "W", "w" * 1000) for _ in range(100)]
     verdict = decide(many, Mode.ENFORCE)

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 from conftest import make_view, node
 
-from webhook.rules import Severity
-from webhook.rules.node import review_node
+from webhook.core.rules import Severity
+from webhook.core.rules.node import review_node
 
 
 def errs(findings):
@@ -146,7 +146,7 @@ def test_an_unchanged_bad_annotation_does_not_block_other_updates():
 
 def test_a_rejoined_node_with_another_cidr_is_warned_about_stale_routes():
     # field report #11 (rancher/rke2#11170, flannel#1850).
-    from webhook.state import ClusterState
+    from webhook.control.state import ClusterState
 
     state = ClusterState(cluster_cidr=make_view().cluster_cidr, cidr_source="test")
     state.record_node(node("w", "10.244.3.0/24"))
@@ -159,7 +159,7 @@ def test_a_rejoined_node_with_another_cidr_is_warned_about_stale_routes():
 
 def test_podcidr_and_podcidrs_disagreeing_are_read_as_the_api_servers_v1_conversion_stores_them():
     """pkg/apis/core/v1/conversion.go Convert_v1_NodeSpec_To_core_NodeSpec: podCIDR is authoritative."""
-    from webhook.nodemodel import node_model, pod_cidrs
+    from webhook.core.nodemodel import node_model, pod_cidrs
 
     obj = node("w", "10.244.3.0/24", "fd00::/64", podcidr="10.244.4.0/24")
     assert pod_cidrs(obj) == ["10.244.4.0/24"]
@@ -171,8 +171,8 @@ def test_podcidr_and_podcidrs_disagreeing_are_read_as_the_api_servers_v1_convers
 
 
 def test_a_podcidr_with_host_bits_occupies_its_network_in_every_reader():
-    """The webhook's index, check and doctor read a Node the same way (webhook/nodemodel.py)."""
-    from webhook.nodemodel import node_model
+    """The webhook's index, check and doctor read a Node the same way (webhook/core/nodemodel.py)."""
+    from webhook.core.nodemodel import node_model
 
     model = node_model(node("w", "10.244.1.5/24"))
     assert model is not None and model.networks == (ipaddress.ip_network("10.244.1.0/24"),)

@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.check import check_documents
-from webhook.cidr import NodeCidrIndex
-from webhook.discovery import CidrSource, SourceKind, resolve
+from webhook.core.cidr import NodeCidrIndex
+from webhook.core.discovery import CidrSource, SourceKind, resolve
+from webhook.core.nodemodel import node_model
+from webhook.core.rules import ClusterView, RuleSettings, Severity
+from webhook.core.rules.node import review_node
 from webhook.doctor import diagnose
 from webhook.doctor.facts import ClusterFacts, ConfigMapFacts, NodeFacts
-from webhook.nodemodel import node_model
-from webhook.rules import ClusterView, RuleSettings, Severity
-from webhook.rules.node import review_node
 
 CLUSTER = (ipaddress.ip_network("10.244.0.0/16"),)
 NET_CONF = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'

@@ -36,7 +36,7 @@ from kube_emulator import node as api_node
 from server_process import serve
 
 from webhook.doctor import diagnose, gather
-from webhook.leader import LEADER_LEASE
+from webhook.kube.leader import LEADER_LEASE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kube-flannel-cfg.yaml"
 FLANNEL = ipaddress.ip_network("10.244.0.0/16")

@@ -19,12 +19,12 @@ from kube_emulator import FakeKubeApi, client_for
 from kube_emulator import node as api_node
 from sortedcontainers import SortedDict
 
-from webhook.allocator import Allocator, MemoryStore
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.cidrset import CidrSet
-from webhook.claims import Claim
-from webhook.cluster import LIST_PAGE, NodeWatcher
-from webhook.state import ClusterState
+from webhook.control.allocator import Allocator, MemoryStore
+from webhook.control.state import ClusterState
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidrset import CidrSet
+from webhook.core.claims import Claim
+from webhook.kube.cluster import LIST_PAGE, NodeWatcher
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network

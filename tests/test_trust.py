@@ -15,8 +15,8 @@ import pytest
 from conftest import flannel_configmap, net_conf, node, review
 from server_process import ServerProcess, client_pair, serve
 
-from webhook import certs
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.service import certs
 
 SECRET = "sk-live-7f3a9c2e-DO-NOT-LOG-4b1d"
 

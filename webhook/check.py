@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from webhook.cidr import NodeCidrIndex
-from webhook.claims import suggest_free
-from webhook.nodemodel import NodeModel, node_model
-from webhook.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
+from webhook.core.cidr import NodeCidrIndex
+from webhook.core.claims import suggest_free
+from webhook.core.nodemodel import NodeModel, node_model
+from webhook.core.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
 
 __all__ = ["CheckReport", "InputError", "check_documents", "load_documents", "render"]
 

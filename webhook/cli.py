@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from webhook import __version__
-from webhook.cidr import CidrError, parse_cidr_list
-from webhook.constants import NAMESPACE, SERVICE
+from webhook.control.settings import DEFAULT_CLUSTER_CIDR, EnvironmentError_, Settings, load_environment
+from webhook.core.cidr import CidrError, parse_cidr_list
+from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.core.rules import Mode, NetworkMatch, RuleSettings, Severity
 from webhook.doctor.cli import add_parser as add_doctor_parser
-from webhook.rules import Mode, NetworkMatch, RuleSettings, Severity
-from webhook.settings import DEFAULT_CLUSTER_CIDR, EnvironmentError_, Settings, load_environment
 
 __all__ = ["main"]
 
@@ -31,7 +31,7 @@ class UsageError(Exception):
     """A bad flag or variable: one line on standard error, exit 2."""
 
 
-# Every FLANNEL_GUARD_* variable, typed and validated (webhook.settings, pydantic-settings):
+# Every FLANNEL_GUARD_* variable, typed and validated (webhook.control.settings, pydantic-settings):
 # the flags' defaults. Set by main() before the parser is built.
 ENV: Any = None
 
@@ -54,7 +54,7 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries (and webhook.certs) log through the standard library: same JSON lines.
+    # Libraries (and webhook.service.certs) log through the standard library: same JSON lines.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -237,7 +237,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
-    from webhook import certs
+    from webhook.service import certs
 
     if args.dev:
         written = certs.ensure_dev_certs(args.out, service=args.service, namespace=args.namespace)
@@ -253,7 +253,7 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from webhook.server import serve
+    from webhook.service.server import serve
 
     configure_logging(args.log_level)
     standalone = args.standalone or not (args.in_cluster or args.kubeconfig)

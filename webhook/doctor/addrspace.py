@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from webhook.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.doctor.report import AddressFamilyMap
 
 __all__ = ["MAX_CELLS", "address_space"]

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from webhook.cidr import CidrError, parse_cidr_list
-from webhook.constants import NAMESPACE
+from webhook.core.cidr import CidrError, parse_cidr_list
+from webhook.core.constants import NAMESPACE
 
 #: doctor's exit code for a cluster it cannot read (as webhook.doctor.report's, not imported here).
 EXIT_UNREADABLE = 2
@@ -38,9 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--html", type=Path, default=None, metavar="FILE",
                    help="also write the report as one self-contained HTML page, with the address space"
                         " drawn as a grid of node blocks")
-    from webhook import cli  # the validated FLANNEL_GUARD_* variables (set by cli.main)
+    from webhook.control.settings import load_environment  # validated FLANNEL_GUARD_* variables
 
-    p.add_argument("--cluster-cidr", default=cli.ENV.cluster_cidr if cli.ENV else None,
+    p.add_argument("--cluster-cidr", default=load_environment().cluster_cidr,
                    metavar="CIDR[,CIDR]",
                    help="the cluster-cidr to check against, overriding every source (one CIDR or IPv4,IPv6)")
     p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
@@ -85,12 +85,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flannel-guard doctor: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
-    from webhook.cluster import api_client
     from webhook.doctor.collect import ClusterUnreadable, gather
     from webhook.doctor.diagnosis import diagnose
     from webhook.doctor.html_report import render_html
     from webhook.doctor.json_report import render_json
     from webhook.doctor.text_report import render_text
+    from webhook.kube.cluster import api_client
 
     try:
         api = api_client(args.kubeconfig, args.in_cluster)

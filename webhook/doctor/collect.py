@@ -20,9 +20,10 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from webhook.cluster import discover
-from webhook.constants import NAMESPACE, SERVICE, TLS_SECRET
-from webhook.discovery import from_controller_manager_pod
+from webhook.core.constants import NAMESPACE, SERVICE, TLS_SECRET
+from webhook.core.discovery import from_controller_manager_pod
+from webhook.core.nodemodel import pod_cidrs
+from webhook.core.rules.configmap import NET_CONF_KEY
 from webhook.doctor.facts import (
     FLANNEL_ANNOTATION_PREFIX,
     ClusterFacts,
@@ -39,9 +40,8 @@ from webhook.doctor.klog import known_lines, last_error
 from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL
 from webhook.doctor.sections.annotations import nodes_to_read_logs_of
 from webhook.doctor.sections.kubelet import SANDBOX_REASON
-from webhook.leases import ANNOTATION_CIDR, LABEL_MANAGED
-from webhook.nodemodel import pod_cidrs
-from webhook.rules.configmap import NET_CONF_KEY
+from webhook.kube.cluster import discover
+from webhook.kube.leases import ANNOTATION_CIDR, LABEL_MANAGED
 
 __all__ = ["DEFAULT_FLANNEL_CONFIGMAPS", "ClusterUnreadable", "gather"]
 
@@ -51,7 +51,7 @@ _LOG_HEAD_BYTES = 65536  # flannel logs its interface choice at start-up: the he
 _PAGE = 500
 _MAX_PAGES = 200  # 100,000 objects per list at most
 _KCM_SELECTOR = "component=kube-controller-manager"
-# flannel-guard's reservation Leases (webhook/leases.py writes them; read here by their shape).
+# flannel-guard's reservation Leases (webhook/kube/leases.py writes them; read here by their shape).
 _LEASE_SELECTOR = "=".join(LABEL_MANAGED)
 _LEASE_CIDR = ANNOTATION_CIDR
 
@@ -87,7 +87,7 @@ def _node_facts(obj: Mapping[str, Any]) -> NodeFacts | None:
     name = _meta(obj).get("name")
     if not isinstance(name, str) or not name:
         return None
-    cidrs = pod_cidrs(obj)  # type: ignore[arg-type]  # webhook/nodemodel.py: as the API stores them
+    cidrs = pod_cidrs(obj)  # type: ignore[arg-type]  # webhook/core/nodemodel.py: as the API stores them
     annotations = {k: str(v) for k, v in (_meta(obj).get("annotations") or {}).items()
                    if isinstance(k, str) and k.startswith(FLANNEL_ANNOTATION_PREFIX)}
     status = obj.get("status") or {}

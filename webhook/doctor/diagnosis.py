@@ -2,7 +2,7 @@
 
 Each section returns its findings; :func:`webhook.doctor.rank.rank_findings` orders
 them and names the root cause. The rules are the webhook's own
-(:func:`~webhook.rules.configmap.review_configmap`, :func:`~webhook.rules.node.review_node`),
+(:func:`~webhook.core.rules.configmap.review_configmap`, :func:`~webhook.core.rules.node.review_node`),
 so the doctor and the webhook never judge differently.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+from webhook.core.rules.findings import RuleSettings
 from webhook.doctor.addrspace import address_space
 from webhook.doctor.facts import ClusterFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.rank import rank_findings
 from webhook.doctor.report import Report
 from webhook.doctor.sections import annotations, cidr, flannel_config, guard, kubelet, nodes, pods
-from webhook.rules.findings import RuleSettings
 
 __all__ = ["diagnose"]
 

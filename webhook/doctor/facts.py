@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from webhook.discovery import ControllerManagerFacts, Resolution
+from webhook.core.discovery import ControllerManagerFacts, Resolution
 
 __all__ = [
     "FLANNEL_ANNOTATION_PREFIX",

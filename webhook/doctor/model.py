@@ -11,13 +11,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.discovery import Resolution, SourceKind
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.discovery import Resolution, SourceKind
+from webhook.core.nodemodel import networks_of
+from webhook.core.rules.findings import ClusterView, RuleSettings, Severity
+from webhook.core.rules.flannel import parse_net_conf
 from webhook.doctor.facts import ClusterFacts, ConfigMapFacts
 from webhook.doctor.report import DoctorFinding, Fix
-from webhook.nodemodel import networks_of
-from webhook.rules.findings import ClusterView, RuleSettings, Severity
-from webhook.rules.flannel import parse_net_conf
 
 __all__ = [
     "FLANNEL_CONTAINER",
@@ -53,7 +53,7 @@ def of_family(nets: Sequence[IPNetwork] | None, version: int) -> IPNetwork | Non
 
 
 def node_networks(pod_cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """A Node's podCIDRs as the networks they occupy: the one reading of webhook/nodemodel.py
+    """A Node's podCIDRs as the networks they occupy: the one reading of webhook/core/nodemodel.py
     (a podCIDR with host bits set occupies its network; the Node rule reports it as invalid)."""
     return networks_of(pod_cidrs)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from webhook.core.rules.findings import Severity
 from webhook.doctor.report import DoctorFinding
-from webhook.rules.findings import Severity
 
 __all__ = ["RANK", "rank", "rank_findings"]
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.cidr import IPNetwork
+from webhook.core.cidr import IPNetwork
+from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import PodFacts
-from webhook.rules.findings import Severity
 
 __all__ = [
     "EXIT_FINDINGS",

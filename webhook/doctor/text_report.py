@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+from webhook.core.rules.findings import Severity
 from webhook.doctor.report import Report
-from webhook.rules.findings import Severity
 
 __all__ = ["render_text"]
 

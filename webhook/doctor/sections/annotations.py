@@ -13,10 +13,10 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 
+from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import NodeFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.report import Fix
-from webhook.rules.findings import Severity
 
 __all__ = ["flannel_annotations", "flannel_settings", "nodes_announcing_elsewhere", "nodes_sharing_public_ip",
            "nodes_to_read_logs_of"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from webhook.cidr import CidrError, IPNetwork, parse_cidr
-from webhook.cidrset import CidrSet, CidrSetError, MaskTooBigError
-from webhook.discovery import CidrSource, ControllerManagerFacts, SourceKind
+from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.core.cidrset import CidrSet, CidrSetError, MaskTooBigError
+from webhook.core.discovery import CidrSource, ControllerManagerFacts, SourceKind
+from webhook.core.rules.findings import Severity
 from webhook.doctor.model import (
     KCM_MANIFEST,
     NO_POD_CIDR_LOG,
@@ -19,7 +20,6 @@ from webhook.doctor.model import (
     kubeadm_fix,
 )
 from webhook.doctor.report import CapacityRow, Fix, SourceRow
-from webhook.rules.findings import Severity
 
 __all__ = ["LABELS", "capacity", "cluster", "conflicts", "sources"]
 

@@ -6,13 +6,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from webhook.cidr import IPNetwork
+from webhook.core.cidr import IPNetwork
+from webhook.core.rules.configmap import NET_CONF_KEY, review_configmap
+from webhook.core.rules.findings import Severity
+from webhook.core.rules.fixnetwork import replace_top_level_value
+from webhook.core.rules.flannel import parse_net_conf
 from webhook.doctor.model import Context, Section, flannel_networks, of_family
 from webhook.doctor.report import ConfigMapRow, Fix
-from webhook.rules.configmap import NET_CONF_KEY, review_configmap
-from webhook.rules.findings import Severity
-from webhook.rules.fixnetwork import replace_top_level_value
-from webhook.rules.flannel import parse_net_conf
 
 __all__ = ["NETWORK_CODES", "configmaps", "corrected_net_conf"]
 

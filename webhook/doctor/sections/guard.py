@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from webhook.constants import SERVICE, TLS_SECRET
+from webhook.core.constants import SERVICE, TLS_SECRET
+from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import GuardFacts, WebhookFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.report import Fix, GuardRow
-from webhook.rules.findings import Severity
 
 __all__ = ["EXPIRY_WARNING_DAYS", "allocator_mode", "guard"]
 

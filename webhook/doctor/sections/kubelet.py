@@ -19,10 +19,10 @@ import ipaddress
 import re
 from collections import defaultdict
 
+from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import EventFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.report import Fix
-from webhook.rules.findings import Severity
 
 __all__ = ["SANDBOX_REASON", "conditions", "events", "pod_ips"]
 

@@ -1,4 +1,4 @@
-"""Every Node's podCIDRs, judged by the webhook's own rule (:func:`~webhook.rules.node.review_node`).
+"""Every Node's podCIDRs, judged by the webhook's own rule (:func:`~webhook.core.rules.node.review_node`).
 
 Which nodes keep their podCIDRs and which get a free subnet is decided here, from
 the live state: one distinct subnet per node, none that a kept node holds.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.cidrset import CidrSetError, DualStackAllocator
-from webhook.discovery import SourceKind
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidrset import CidrSetError, DualStackAllocator
+from webhook.core.discovery import SourceKind
+from webhook.core.rules.findings import Finding, Severity
+from webhook.core.rules.node import review_node
 from webhook.doctor.model import NO_POD_CIDR_LOG, Context, Section, cidrs_text, patch_text
 from webhook.doctor.report import Fix, NodeRow
-from webhook.rules.findings import Finding, Severity
-from webhook.rules.node import review_node
 
 __all__ = ["kcm_fix_proposed", "nodes"]
 

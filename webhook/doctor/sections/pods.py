@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import PodFacts
 from webhook.doctor.klog import kind_of
 from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL, Context, Section
 from webhook.doctor.report import Fix
-from webhook.rules.findings import Severity
 
 __all__ = ["pods"]
 

@@ -5,8 +5,8 @@ Ignore``, a rollout, a bad certificate), or that were admitted without one while
 the range was exhausted, are stored without a podCIDR, and flannel on them
 fails with ``pod cidr not assigned``. While flannel-guard is the allocator
 (kube-controller-manager does not allocate), the replica that leads
-(:class:`~webhook.leader.LeaderElector`) finds them in the node index and gives
-each a free CIDR, claimed as admission claims (:class:`~webhook.allocator.Allocator`),
+(:class:`~webhook.kube.leader.LeaderElector`) finds them in the node index and gives
+each a free CIDR, claimed as admission claims (:class:`~webhook.control.allocator.Allocator`),
 with a merge patch of ``spec.podCIDR(s)``, as kube-controller-manager's range
 allocator does (``pkg/controller/nodeipam/ipam/range_allocator.go``).
 
@@ -25,9 +25,9 @@ import structlog
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
-from webhook.events import EventRecorder
-from webhook.state import ClusterState
+from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.control.state import ClusterState
+from webhook.kube.events import EventRecorder
 
 __all__ = ["Assigner"]
 

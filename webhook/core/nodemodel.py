@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 
 __all__ = ["NodeModel", "is_stored", "networks_of", "node_model", "node_name", "pod_cidrs"]
 

@@ -1,18 +1,18 @@
 """Claims as ``coordination.k8s.io/v1`` Leases: the claim store of a real cluster, and its watch.
 
-One Lease per claimed CIDR, named by :func:`~webhook.allocator.lease_name`, in
+One Lease per claimed CIDR, named by :func:`~webhook.control.allocator.lease_name`, in
 the webhook's own namespace, its holder the node's name. The API server's create
 is exclusive: a second create of the same name answers 409 AlreadyExists,
 whoever sent it. That is the whole of the cross-replica protocol.
 
 :class:`LeaseStore` writes (create, renew, conditional delete) and puts what
-each write tells into the replica's :class:`~webhook.claims.ClaimBook` at once;
+each write tells into the replica's :class:`~webhook.core.claims.ClaimBook` at once;
 :class:`LeaseWatcher` keeps the same book current with every other replica's
 writes by a list + watch, so that a review reads claims without a round trip.
 
 Every call runs in a worker thread with a timeout (the kubernetes client is
 synchronous) and reads raw JSON (``_preload_content=False``). An API error other
-than the expected 404/409 becomes :class:`~webhook.allocator.StoreUnavailable`,
+than the expected 404/409 becomes :class:`~webhook.control.allocator.StoreUnavailable`,
 with the status and a trimmed reason.
 """
 
@@ -28,10 +28,10 @@ import kubernetes.client
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.allocator import StoreUnavailable, lease_name, node_hash
-from webhook.cidr import CidrError, IPNetwork, parse_cidr
-from webhook.claims import Claim, ClaimBook, newer
-from webhook.cluster import Reflector
+from webhook.control.allocator import StoreUnavailable, lease_name, node_hash
+from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
+from webhook.core.claims import Claim, ClaimBook, newer
+from webhook.kube.cluster import Reflector
 
 __all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
 

@@ -2,8 +2,8 @@
 
 Every admitted write that sets podCIDRs (a Node CREATE that carries them, an
 UPDATE from none to some) claims each CIDR first, with the same exclusive create
-the allocator uses (:class:`~webhook.allocator.ClaimStore`). The decisions are
-pure (:mod:`webhook.claims`); this class only orders the writes:
+the allocator uses (:class:`~webhook.control.allocator.ClaimStore`). The decisions are
+pure (:mod:`webhook.core.claims`); this class only orders the writes:
 
 1. a conflict already known in memory (another node's claim, another stored
    Node) refuses at once, without a round trip;
@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from webhook.allocator import ClaimStore, Reservation, StoreUnavailable, reclaim_expired
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.claims import Claim, ClaimConflict, ClaimOutcome, conflicts, to_write
+from webhook.control.allocator import ClaimStore, Reservation, StoreUnavailable, reclaim_expired
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.claims import Claim, ClaimConflict, ClaimOutcome, conflicts, to_write
 
 __all__ = ["Claimer"]
 

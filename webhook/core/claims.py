@@ -4,7 +4,7 @@ A *claim* is the promise "this CIDR belongs to this node" made before the Node
 carrying it is stored. Every write that gives a Node a podCIDR (the mutating
 webhook's patch, kube-controller-manager's allocator, a ``kubectl patch``)
 claims each CIDR first; in a live cluster a claim is one ``coordination.k8s.io``
-Lease per CIDR (:mod:`webhook.leases`), in standalone mode an entry in memory.
+Lease per CIDR (:mod:`webhook.kube.leases`), in standalone mode an entry in memory.
 
 This module holds what a replica *knows* of the claims (:class:`ClaimBook`, kept
 current by the Lease watch and by the replica's own writes) and the pure
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from webhook.cidr import IPNetwork, NodeCidrIndex, first_free_in
+from webhook.core.cidr import IPNetwork, NodeCidrIndex, first_free_in
 
 __all__ = [
     "Claim",
@@ -181,7 +181,7 @@ def to_write(node: str, wanted: Sequence[IPNetwork], book: ClaimBook, now: float
 
     A fresh claim of the node's own (the mutating webhook's, a moment ago) needs no write:
     nothing deletes a claim that young but the node's own deletion, and the release of a
-    deleted node's claims is conditional on the Lease's version (:mod:`webhook.leases`).
+    deleted node's claims is conditional on the Lease's version (:mod:`webhook.kube.leases`).
     """
     out = []
     for cidr in wanted:

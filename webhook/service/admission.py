@@ -3,7 +3,7 @@
 Two error families, as in kopf and controller-runtime: a bad *review request*
 (not JSON, not an AdmissionReview) is the caller's fault and gets an HTTP 4xx
 with a JSON body (:class:`BadReview`); a bad *reviewed object* is a denial
-inside a well-formed AdmissionReview response (a :class:`~webhook.rules.Verdict`).
+inside a well-formed AdmissionReview response (a :class:`~webhook.core.rules.Verdict`).
 
 Contract (k8s.io/api/admission/v1/types.go and the API server's
 ``admission/plugin/webhook``): the response echoes ``apiVersion`` and ``kind``
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
-from webhook.rules import ReviewInput, Verdict
+from webhook.core.rules import ReviewInput, Verdict
 
 __all__ = [
     "API_VERSION",

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.cidr import CidrError, ParsedCidr, parse_cidr
-from webhook.rules.findings import Finding, Severity
+from webhook.core.cidr import CidrError, ParsedCidr, parse_cidr
+from webhook.core.rules.findings import Finding, Severity
 
 __all__ = [
     "BACKENDS",

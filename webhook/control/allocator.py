@@ -1,6 +1,6 @@
 """Mutating mode: choose a free podCIDR for a Node and reserve it durably before answering.
 
-The choice is pure (:class:`webhook.cidrset.DualStackAllocator`, kept in step
+The choice is pure (:class:`webhook.core.cidrset.DualStackAllocator`, kept in step
 with the node index); the reservation is I/O behind :class:`ReservationStore`.
 
 Never the same CIDR twice, across replicas: a reservation is one
@@ -31,9 +31,9 @@ from typing import Protocol
 
 import structlog
 
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.cidrset import CidrSet, DualStackAllocator, RangeExhaustedError
-from webhook.claims import Claim, ClaimBook
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidrset import CidrSet, DualStackAllocator, RangeExhaustedError
+from webhook.core.claims import Claim, ClaimBook
 
 __all__ = [
     "Allocator",

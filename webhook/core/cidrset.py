@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from sortedcontainers import SortedDict
 
-from webhook.cidr import IPNetwork, NodeCidrIndex, last_address
+from webhook.core.cidr import IPNetwork, NodeCidrIndex, last_address
 
 __all__ = [
     "DEFAULT_NODE_MASK_V4",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from webhook.cidr import IPNetwork
+from webhook.core.cidr import IPNetwork
 
 __all__ = [
     "ClusterView",
@@ -67,7 +67,7 @@ def warnings(findings: list[Finding]) -> list[Finding]:
 
 
 class NodeLookup(Protocol):
-    """The read side of the node podCIDR index (:class:`webhook.cidr.NodeCidrIndex`)."""
+    """The read side of the node podCIDR index (:class:`webhook.core.cidr.NodeCidrIndex`)."""
 
     def __len__(self) -> int: ...
 

@@ -25,9 +25,9 @@ import ipaddress
 import json
 from typing import Any
 
-from webhook.cidr import CidrError, IPNetwork, family_name, parse_cidr
-from webhook.nodemodel import node_name, pod_cidrs
-from webhook.rules.findings import ClusterView, Finding, Severity
+from webhook.core.cidr import CidrError, IPNetwork, family_name, parse_cidr
+from webhook.core.nodemodel import node_name, pod_cidrs
+from webhook.core.rules.findings import ClusterView, Finding, Severity
 
 __all__ = ["claimed_cidrs", "node_name", "pod_cidrs", "review_node"]
 

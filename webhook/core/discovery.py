@@ -1,6 +1,6 @@
 """Where the cluster-cidr comes from: pure parsers of every source, and their reconciliation.
 
-Nothing here does I/O: :mod:`webhook.cluster` fetches the objects and hands the
+Nothing here does I/O: :mod:`webhook.kube.cluster` fetches the objects and hands the
 dicts in. Each parser keeps the *origin* of what it found, so that a
 disagreement can name both sides. A value that does not parse becomes a
 :class:`CidrSource` with ``error`` set (and so a note), never an exception.
@@ -23,7 +23,7 @@ Sources, in the order in which they win (:data:`ORDER`):
    (optional: kubeadm writes ``""`` when it has no podSubnet).
 
 Every value may be dual-stack, ``"a,b"`` (one CIDR per family), as
-kube-controller-manager reads it (:func:`webhook.cidr.parse_cidr_list`).
+kube-controller-manager reads it (:func:`webhook.core.cidr.parse_cidr_list`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from webhook.cidr import CidrError, IPNetwork, parse_cidr_list
+from webhook.core.cidr import CidrError, IPNetwork, parse_cidr_list
 
 __all__ = [
     "KUBEADM_API_VERSIONS",
@@ -545,11 +545,11 @@ def _flannel_defines(ordered: Sequence[CidrSource], flannel: Sequence[CidrSource
 def from_flannel_configmap(configmap: Mapping[str, Any]) -> CidrSource | None:
     """``Network`` (and ``IPv6Network`` with ``EnableIPv6``) of a flannel ConfigMap's net-conf.json.
 
-    Read as flannel reads it (:func:`webhook.rules.flannel.parse_net_conf`). None when
+    Read as flannel reads it (:func:`webhook.core.rules.flannel.parse_net_conf`). None when
     the ConfigMap has no net-conf.json; a source without networks when flannel would
     refuse it. The order is flannel's own: IPv4 first, as flannel's ``Network`` is primary.
     """
-    from webhook.rules.flannel import parse_net_conf  # the rules' parser: one reading of flannel
+    from webhook.core.rules.flannel import parse_net_conf  # the rules' parser: one reading of flannel
 
     meta = configmap.get("metadata") if isinstance(configmap.get("metadata"), Mapping) else {}
     origin = (f"flannel ConfigMap {_clip(str(meta.get('namespace', '')), 63)}/"

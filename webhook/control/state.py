@@ -2,7 +2,7 @@
 
 In ``--standalone`` mode (a demo and test mode, no Kubernetes API) the
 cluster-cidr comes from ``--cluster-cidr`` and the node index holds the Nodes
-this process itself admitted. With a live API, :mod:`webhook.cluster` keeps
+this process itself admitted. With a live API, :mod:`webhook.kube.cluster` keeps
 the same object current from a list and a watch.
 """
 
@@ -13,9 +13,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from webhook.cidr import IPNetwork, NodeCidrIndex
-from webhook.nodemodel import node_model
-from webhook.rules import ClusterView
+from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.nodemodel import node_model
+from webhook.core.rules import ClusterView
 
 __all__ = ["ClusterState"]
 
@@ -90,7 +90,7 @@ class ClusterState:
         self._view = None
 
     def record_node(self, obj: dict[str, object] | None) -> None:
-        """Index a Node's podCIDRs (:func:`webhook.nodemodel.node_model`: those that parse)."""
+        """Index a Node's podCIDRs (:func:`webhook.core.nodemodel.node_model`: those that parse)."""
         model = node_model(obj)  # type: ignore[arg-type]
         if model is not None:
             self.index.set(model.name, model.networks)

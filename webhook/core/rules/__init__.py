@@ -9,17 +9,17 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.cidr import IPNetwork
-from webhook.claims import ClaimOutcome, conflict_message
-from webhook.rules.configmap import is_flannel_configmap, review_configmap
-from webhook.rules.findings import (
+from webhook.core.cidr import IPNetwork
+from webhook.core.claims import ClaimOutcome, conflict_message
+from webhook.core.rules.configmap import is_flannel_configmap, review_configmap
+from webhook.core.rules.findings import (
     ClusterView,
     Finding,
     NetworkMatch,
     RuleSettings,
     Severity,
 )
-from webhook.rules.node import review_node
+from webhook.core.rules.node import review_node
 
 __all__ = [
     "ClusterView",

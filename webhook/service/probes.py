@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from webhook.app import Metrics
-from webhook.constants import ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_READYZ
-from webhook.settings import Settings
-from webhook.state import ClusterState
+from webhook.control.settings import Settings
+from webhook.control.state import ClusterState
+from webhook.core.constants import ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_READYZ
+from webhook.service.app import Metrics
 
 __all__ = ["ProbeServer", "build_probe_server", "probe_app"]
 

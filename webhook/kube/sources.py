@@ -2,8 +2,8 @@
 
 kube-controller-manager's pods (its flags), ``kube-system/kubeadm-config``,
 ``kube-system/kube-proxy`` and the guarded flannel ConfigMaps are each listed and
-watched (:class:`ObjectWatcher`, a :class:`~webhook.cluster.Reflector`); after
-every change the pure :func:`webhook.discovery.resolution_from` resolves them again
+watched (:class:`ObjectWatcher`, a :class:`~webhook.kube.cluster.Reflector`); after
+every change the pure :func:`webhook.core.discovery.resolution_from` resolves them again
 and :class:`LiveSources` hands the result on. A kubeadm-config edited, a
 controller-manager restarted with new flags, a second flannel ConfigMap that
 disagrees: each shows in admission responses within a watch event's latency,
@@ -20,8 +20,8 @@ from typing import Any
 
 import kubernetes.client
 
-from webhook.cluster import Reflector
-from webhook.discovery import CidrSource, Resolution, resolution_from
+from webhook.core.discovery import CidrSource, Resolution, resolution_from
+from webhook.kube.cluster import Reflector
 
 __all__ = ["LiveSources", "ObjectWatcher", "guarded_order"]
 

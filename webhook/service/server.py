@@ -2,7 +2,7 @@
 
 uvicorn builds its own ``SSLContext`` from file names; flannel-guard hands it one
 of its own instead (TLS 1.2 minimum, strong suites only, optional client
-authentication) so that :class:`~webhook.certs.CertReloader` can load a
+authentication) so that :class:`~webhook.service.certs.CertReloader` can load a
 rotated pair into the very context the listener uses.
 """
 
@@ -25,21 +25,21 @@ import structlog
 import uvicorn
 from kubernetes.client import ApiClient
 
-from webhook.allocator import Allocator, ClaimStore, MemoryStore
-from webhook.app import create_app
-from webhook.assigner import Assigner
-from webhook.certs import CertReloader, server_ssl_context
-from webhook.claimer import Claimer
-from webhook.claims import ClaimBook
-from webhook.cluster import NodeWatcher, Reflector, api_client, apply_resolution, discover
-from webhook.discovery import CidrSource, Resolution
-from webhook.events import EventRecorder
-from webhook.leader import LeaderElector
-from webhook.leases import LeaseStore, LeaseWatcher
-from webhook.probes import ProbeServer, build_probe_server
-from webhook.settings import Settings
-from webhook.sources import LiveSources, guarded_order
-from webhook.state import ClusterState
+from webhook.control.allocator import Allocator, ClaimStore, MemoryStore
+from webhook.control.claimer import Claimer
+from webhook.control.settings import Settings
+from webhook.control.state import ClusterState
+from webhook.core.claims import ClaimBook
+from webhook.core.discovery import CidrSource, Resolution
+from webhook.kube.assigner import Assigner
+from webhook.kube.cluster import NodeWatcher, Reflector, api_client, apply_resolution, discover
+from webhook.kube.events import EventRecorder
+from webhook.kube.leader import LeaderElector
+from webhook.kube.leases import LeaseStore, LeaseWatcher
+from webhook.kube.sources import LiveSources, guarded_order
+from webhook.service.app import create_app
+from webhook.service.certs import CertReloader, server_ssl_context
+from webhook.service.probes import ProbeServer, build_probe_server
 
 __all__ = ["build_server", "serve"]
 

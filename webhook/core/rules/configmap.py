@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhook.cidr import IPNetwork
-from webhook.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
-from webhook.rules.flannel import NetConf, parse_net_conf
+from webhook.core.cidr import IPNetwork
+from webhook.core.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
+from webhook.core.rules.flannel import NetConf, parse_net_conf
 
 __all__ = ["CNI_CONF_KEY", "NET_CONF_KEY", "is_flannel_configmap", "review_configmap"]
 

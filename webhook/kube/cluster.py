@@ -1,4 +1,4 @@
-"""The thin I/O shell around :mod:`webhook.discovery` and the node index.
+"""The thin I/O shell around :mod:`webhook.core.discovery` and the node index.
 
 * :func:`discover` reads the kube-controller-manager pod(s), the ``kubeadm-config``
   and ``kube-proxy`` ConfigMaps in kube-system and hands them to the pure parsers.
@@ -47,15 +47,15 @@ import kubernetes.config
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.cidr import IPNetwork
-from webhook.discovery import (
+from webhook.control.state import ClusterState
+from webhook.core.cidr import IPNetwork
+from webhook.core.discovery import (
     CidrSource,
     Resolution,
     flag_source,
     resolution_from,
 )
-from webhook.nodemodel import node_model, node_name
-from webhook.state import ClusterState
+from webhook.core.nodemodel import node_model, node_name
 
 __all__ = [
     "STALENESS_BOUND",
@@ -117,7 +117,7 @@ async def discover(
     timeout: float = 5.0,
     flannel: Sequence[dict[str, Any]] | None = None,
 ) -> Resolution:
-    """Read every cluster-cidr source the API has and resolve them (:func:`webhook.discovery.resolve`).
+    """Read every cluster-cidr source the API has and resolve them (:func:`webhook.core.discovery.resolve`).
 
     ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The three reads
     run concurrently, each in a thread with ``timeout`` seconds (connect and read).
@@ -210,7 +210,7 @@ class _Gone(Exception):
 
 
 def _entry(obj: dict[str, Any]) -> Entry | None:
-    """A Node reduced to what the rules need (:func:`webhook.nodemodel.node_model`)."""
+    """A Node reduced to what the rules need (:func:`webhook.core.nodemodel.node_model`)."""
     model = node_model(obj)
     return None if model is None else (model.name, model.networks, model.has_pod_cidr)
 
@@ -233,7 +233,7 @@ class Reflector:
     (server timeout, dropped connection, 410, error). Failures back off with
     ``min(backoff_max, backoff_initial * 2**(n-1))`` scaled by a jitter in
     [0.5, 1); a 410 relists at once. Subclasses say what to call and how to
-    apply what arrives (:class:`NodeWatcher`, :class:`webhook.leases.LeaseWatcher`).
+    apply what arrives (:class:`NodeWatcher`, :class:`webhook.kube.leases.LeaseWatcher`).
     """
 
     #: What is watched, for log lines.

@@ -5,7 +5,7 @@ hard-coded 10.244.0.0/16 (flannel-io/flannel#1428). Only the value of the key
 flannel actually reads is replaced, in the text itself: every other byte of
 ``net-conf.json`` (other keys, their order, spacing, the backend) stays as
 written. The key flannel reads is the last one whose name matches the field
-case-insensitively (Go's ``encoding/json``, see :mod:`webhook.rules.flannel`).
+case-insensitively (Go's ``encoding/json``, see :mod:`webhook.core.rules.flannel`).
 
 It never rewrites when the cluster-cidr is unknown or its sources disagree,
 nor when existing nodes' podCIDRs would lie outside the new Network: the
@@ -18,10 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from webhook.cidr import IPNetwork
-from webhook.rules.configmap import NET_CONF_KEY
-from webhook.rules.findings import ClusterView
-from webhook.rules.flannel import parse_net_conf
+from webhook.core.cidr import IPNetwork
+from webhook.core.rules.configmap import NET_CONF_KEY
+from webhook.core.rules.findings import ClusterView
+from webhook.core.rules.flannel import parse_net_conf
 
 __all__ = ["NetworkFix", "fix_network", "replace_top_level_value"]
 

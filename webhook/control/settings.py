@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webhook.cidr import IPNetwork, parse_cidr_list
-from webhook.rules import Mode, RuleSettings
+from webhook.core.cidr import IPNetwork, parse_cidr_list
+from webhook.core.rules import Mode, RuleSettings
 
 __all__ = ["DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "EnvironmentError_", "Settings",
            "load_environment"]
@@ -77,9 +78,10 @@ class EnvironmentError_(ValueError):
     """A ``FLANNEL_GUARD_*`` variable holds a value its flag would refuse (exit 2, one line)."""
 
 
+@functools.cache
 def _environment_model() -> type:
     """The typed model of every ``FLANNEL_GUARD_*`` variable (pydantic-settings, built on first use
-    so that ``import webhook.settings`` stays cheap)."""
+    so that ``import webhook.control.settings`` stays cheap)."""
     from typing import Annotated, Literal
 
     from pydantic import Field, field_validator

@@ -28,26 +28,26 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhook import __version__
-from webhook.admission import AdmissionRequest, BadReview, finish, parse_review
-from webhook.allocator import Allocator, RangeExhaustedError, StoreUnavailable
-from webhook.cidr import IPNetwork
-from webhook.claimer import Claimer
-from webhook.claims import suggest_free
-from webhook.cluster import staleness_note
-from webhook.constants import (
+from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.control.claimer import Claimer
+from webhook.control.settings import Settings
+from webhook.control.state import ClusterState
+from webhook.core.cidr import IPNetwork
+from webhook.core.claims import suggest_free
+from webhook.core.constants import (
     ROUTE_HEALTHZ,
     ROUTE_METRICS,
     ROUTE_MUTATE,
     ROUTE_READYZ,
     ROUTE_VALIDATE,
 )
-from webhook.events import EventRecorder
-from webhook.rules import ReviewInput, Severity, Verdict, claim_verdict, decide, review
-from webhook.rules.configmap import is_flannel_configmap
-from webhook.rules.fixnetwork import fix_network
-from webhook.rules.node import claimed_cidrs, node_name, pod_cidrs
-from webhook.settings import Settings
-from webhook.state import ClusterState
+from webhook.core.rules import ReviewInput, Severity, Verdict, claim_verdict, decide, review
+from webhook.core.rules.configmap import is_flannel_configmap
+from webhook.core.rules.fixnetwork import fix_network
+from webhook.core.rules.node import claimed_cidrs, node_name, pod_cidrs
+from webhook.kube.cluster import staleness_note
+from webhook.kube.events import EventRecorder
+from webhook.service.admission import AdmissionRequest, BadReview, finish, parse_review
 
 __all__ = ["Metrics", "create_app"]
 
