@@ -367,20 +367,6 @@ class NodeCidrIndex:
         Used to suggest a fix in a denial message (:func:`first_free_in` with this index alone).
         """
         return first_free_in(within, prefixlen, (self,))
-        bits = within.max_prefixlen
-        step = 1 << (bits - prefixlen)
-        candidate = int(within.network_address)
-        last = last_address(within)
-        while candidate + step - 1 <= last:
-            net = _make(within.version, candidate, prefixlen)
-            hit = self.overlapping(net, limit=1)
-            if not hit:
-                return net
-            blocker = hit[0][1]
-            past = last_address(blocker) + 1
-            # Next aligned candidate at or after the end of the blocking CIDR.
-            candidate = max(candidate + step, (past + step - 1) // step * step)
-        return None
 
 
 def first_free_in(within: IPNetwork, prefixlen: int,

@@ -326,6 +326,13 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     async def mutate_route(request: Request) -> Response:
         return await handle(request, "mutate", mutate)
 
+    add_probe_routes(app, state, metrics)
+    return app
+
+
+def add_probe_routes(app: FastAPI, state: ClusterState, metrics: Metrics) -> None:
+    """/healthz, /readyz and /metrics: on the webhook port, and alone on the probes port."""
+
     @app.get(ROUTE_HEALTHZ)
     async def healthz() -> Response:
         return PlainTextResponse("ok")
@@ -339,8 +346,6 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
     @app.get(ROUTE_METRICS)
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings,

@@ -7,13 +7,10 @@ from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
-from webhook.core.constants import ROUTE_HEALTHZ, ROUTE_METRICS, ROUTE_READYZ
-from webhook.service.app import Metrics
+from webhook.service.app import Metrics, add_probe_routes
 
 __all__ = ["ProbeServer", "build_probe_server", "probe_app"]
 
@@ -30,21 +27,7 @@ def probe_app(state: ClusterState, metrics: Metrics) -> FastAPI:
     input or tells a secret: counts, durations and pool sizes.
     """
     app = FastAPI(title="flannel-guard probes", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.get(ROUTE_HEALTHZ)
-    async def healthz() -> Response:
-        return PlainTextResponse("ok")
-
-    @app.get(ROUTE_READYZ)
-    async def readyz() -> Response:
-        if state.ready and state.claims_ready:
-            return PlainTextResponse("ok")
-        return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)
-
-    @app.get(ROUTE_METRICS)
-    async def metrics_route() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    add_probe_routes(app, state, metrics)
     return app
 
 
