@@ -1,9 +1,12 @@
 """The server owns TLS, certificate reload, readiness and graceful shutdown (as controller-runtime's).
 
-uvicorn builds its own ``SSLContext`` from file names; flannel-guard hands it one
+uvicorn builds its own ``SSLContext`` from file names; flannel-guard makes one
 of its own instead (TLS 1.2 minimum, strong suites only, optional client
 authentication) so that :class:`~webhook.certs.CertReloader` can load a
-rotated pair into the very context the listener uses.
+rotated pair into the very context the listener uses. uvicorn's listener is
+plain TCP: TLS is done per connection by :class:`~webhook.connections.ConnectionGuard`
+(uvicorn's protocol factory), which caps connections and puts deadlines on the
+handshake, the headers and the body (the numbers and why: :mod:`webhook.limits`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -19,10 +23,12 @@ import structlog
 import uvicorn
 from kubernetes.client import ApiClient
 
+from webhook import limits
 from webhook.allocator import Allocator, MemoryStore, ReservationStore
 from webhook.app import create_app
 from webhook.certs import CertReloader, server_ssl_context
 from webhook.cluster import NodeWatcher, api_client, apply_resolution, discover
+from webhook.connections import ConnectionGuard
 from webhook.leases import LeaseStore
 from webhook.settings import Settings
 from webhook.state import ClusterState
@@ -42,11 +48,21 @@ class _Server(uvicorn.Server):
     SIGINT, stops at once.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ClusterState, shutdown_delay: float = 0.0) -> None:
+    def __init__(self, config: uvicorn.Config, state: ClusterState, shutdown_delay: float = 0.0,
+                 guard: ConnectionGuard | None = None) -> None:
         super().__init__(config)
         self._state = state
         self._shutdown_delay = shutdown_delay
         self._exit_at: float | None = None
+        self._guard = guard
+
+    def _log_started_message(self, listeners: object) -> None:
+        """uvicorn's listener is plain TCP (TLS is per connection): ``serve`` logs the start itself."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._guard is not None:
+            self._guard.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.ready = False
@@ -79,21 +95,23 @@ def build_server(settings: Settings, state: ClusterState,
         app,
         host=settings.host,
         port=settings.port,
-        ssl_certfile=str(settings.tls_cert),
-        ssl_keyfile=str(settings.tls_key),
         log_config=None,
         access_log=False,
         server_header=False,
+        http="h11",
         # kube-apiserver keeps connections to webhooks alive; match its idle timeout order.
-        timeout_keep_alive=30,
+        timeout_keep_alive=limits.KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=20,
+        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
         lifespan="off",
     )
     config.load()
     context = server_ssl_context(settings.tls_cert, settings.tls_key, settings.client_ca)
-    config.ssl = context
+    guard = ConnectionGuard(context, registry=app.state.metrics.registry)
+    # uvicorn calls its http_protocol_class once per accepted connection.
+    config.http_protocol_class = guard  # type: ignore[assignment]
     reloader = CertReloader(context, settings.tls_cert, settings.tls_key)
-    return _Server(config, state, settings.shutdown_delay), reloader
+    return _Server(config, state, settings.shutdown_delay, guard), reloader
 
 
 REDISCOVER_INTERVAL = 300.0
