@@ -89,12 +89,18 @@ def _bad(status: int, message: str, metrics: Metrics,
 
 
 class _Refused(BadReview):
-    """Raised when a request is refused before its body is read: answered, then the connection closed."""
+    """Raised when a request is refused before its body is read in full; ``close`` ends the connection.
 
-    def __init__(self, message: str, *, status: int, retry_after: int | None = None) -> None:
+    Without ``close``, uvicorn reads the rest of the body and drops it (within the
+    connection's request deadline), so that a client still sending it sees the answer.
+    """
+
+    def __init__(self, message: str, *, status: int, close: bool = False,
+                 retry_after: int | None = None) -> None:
         super().__init__(message, status=status)
-        # The unread body would be the next request's first bytes: close instead.
-        self.headers = {"Connection": "close"}
+        self.headers: dict[str, str] = {}
+        if close:  # the rest of the body cannot be framed, or is not coming
+            self.headers["Connection"] = "close"
         if retry_after is not None:
             self.headers["Retry-After"] = str(retry_after)
 
@@ -142,9 +148,9 @@ async def _read_body(request: Request, limit: int, budget: BodyBudget | None = N
     if "transfer-encoding" in request.headers:
         if declared is not None:
             raise _Refused("a request with both Content-Length and Transfer-Encoding is refused",
-                           status=400)
+                           status=400, close=True)
         raise _Refused("a chunked body is not accepted: send the AdmissionReview with"
-                       " Content-Length", status=411)
+                       " Content-Length", status=411, close=True)
     size = 0
     if declared is not None:
         if not declared.isdigit() or len(declared) > 19:
@@ -163,7 +169,7 @@ async def _read_body(request: Request, limit: int, budget: BodyBudget | None = N
                         raise _Refused(f"body exceeds the {limit}-byte limit", status=413)
                     chunks.append(chunk)
         except TimeoutError:
-            raise _Refused(f"body not received within {seconds:g} s", status=408) from None
+            raise _Refused(f"body not received within {seconds:g} s", status=408, close=True) from None
     return b"".join(chunks)
 
 

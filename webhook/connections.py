@@ -12,8 +12,9 @@ connection's protocol itself: once asyncio starts it, a :class:`_TLSConnection`
 
 What a connection goes through (one timer per connection, re-armed per phase):
 
-* accepted: counted; at the cap the oldest connection that has not completed a
-  request is aborted to make room (if every one has, the new one is refused);
+* accepted: counted; at the cap the oldest connection that has not sent a byte
+  is aborted to make room, else the oldest that has not completed a request (if
+  every one has, the new one is refused);
 * TLS handshake within ``HANDSHAKE_SECONDS`` of accept;
 * the request's headers within ``HEADERS_SECONDS`` of accept (or of the first
   byte of a later request on a kept-alive connection), its body within
@@ -88,7 +89,10 @@ class ConnectionGuard:
                  max_connections: int = limits.MAX_CONNECTIONS) -> None:
         self.context = context
         self.max_connections = max_connections
-        # Oldest first: the eviction order.
+        # Oldest first: the eviction order. Connections that have not sent a byte go first
+        # (a flood of bare connects never pushes out a client that is talking), then those
+        # that have not completed a request; those that have are never evicted.
+        self._silent: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
         self._unproven: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
         self._proven: set[_Conn] = set()
         self.closing = False
@@ -103,7 +107,7 @@ class ConnectionGuard:
         self.open.set_function(lambda: len(self))
 
     def __len__(self) -> int:
-        return len(self._unproven) + len(self._proven)
+        return len(self._silent) + len(self._unproven) + len(self._proven)
 
     def __call__(self, *, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.BaseProtocol:
@@ -116,16 +120,23 @@ class ConnectionGuard:
         if self.closing:
             return _Refuse()
         if len(self) >= self.max_connections:
-            if not self._unproven:
+            victims = self._silent or self._unproven
+            if not victims:
                 self.closed.labels("refused").inc()
                 return _Refuse()
-            oldest, _ = self._unproven.popitem(last=False)
+            oldest, _ = victims.popitem(last=False)
             self.closed.labels("evicted").inc()
             oldest.abort()
         conn = _Conn()
-        self._unproven[conn] = None
+        self._silent[conn] = None
         return _Pending(self, conn, config=config, server_state=server_state, app_state=app_state,
                         loop=loop)
+
+    def talking(self, conn: _Conn) -> None:
+        """Its first byte arrived."""
+        if conn in self._silent:
+            del self._silent[conn]
+            self._unproven[conn] = None
 
     def prove(self, conn: _Conn) -> None:
         if conn in self._unproven:
@@ -134,6 +145,7 @@ class ConnectionGuard:
             self._proven.add(conn)
 
     def forget(self, conn: _Conn) -> None:
+        self._silent.pop(conn, None)
         self._unproven.pop(conn, None)
         self._proven.discard(conn)
         conn.disarm()
@@ -147,7 +159,7 @@ class ConnectionGuard:
     def stop(self) -> None:
         """Shutting down: refuse new connections, drop those still in their handshake."""
         self.closing = True
-        for conn in [c for c in self._unproven if not c.started]:
+        for conn in [*self._silent, *(c for c in self._unproven if not c.started)]:
             self.forget(conn)
             conn.abort()
 
@@ -188,6 +200,7 @@ class _Pending(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        self._guard.talking(self._conn)
         http = _GuardedH11(self._guard, self._conn, _loop=self._loop, **self._http)
         tls = _TLSConnection(self._guard, self._conn, self._loop, http, self._guard.context)
         transport.set_protocol(tls)

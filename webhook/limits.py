@@ -21,10 +21,10 @@ So, per connection (enforced in :mod:`webhook.server`):
 
 ``MAX_CONNECTIONS`` 512
     TCP connections open at once, from accept to close, handshakes included. At
-    the cap a new connection first evicts the oldest one that has not yet
-    completed a request (an attacker's bare connect or slow request, never the API
-    server's kept-alive connections); if every open one has served a request, it
-    is refused.
+    the cap a new connection evicts the oldest one that has not sent a byte (a
+    bare connect), else the oldest that has not completed a request (a slow one),
+    never one that has (the API server's kept-alive connections); if every open
+    one has served a request, the new one is refused.
 ``HANDSHAKE_SECONDS`` 5
     from accept to a finished TLS handshake (Go itself allows 10 s, but a
     handshake between API server and node takes milliseconds).
@@ -33,8 +33,9 @@ So, per connection (enforced in :mod:`webhook.server`):
     connection, to its complete headers: a TLS connection that never sends a
     request is closed after this too.
 ``REQUEST_SECONDS`` 12
-    from the same start to the complete body: past every webhook's 5 s
-    ``timeoutSeconds`` (and the 10 s body deadline below), the connection is closed.
+    from the same start to the complete body, else the connection is closed: a
+    backstop behind the body deadline below (headers 5 s + body 5 s + 2 s), long
+    past every webhook's 5 s ``timeoutSeconds``.
 ``KEEP_ALIVE_SECONDS`` 30
     an idle kept-alive connection is closed (uvicorn's ``timeout_keep_alive``).
 ``TLS_READ_BUFFER`` 16 KiB
@@ -46,16 +47,18 @@ So, per connection (enforced in :mod:`webhook.server`):
 
 Per body (enforced in :mod:`webhook.app`):
 
-``BODY_SECONDS`` 10
-    to read a body once its headers are in: twice the webhooks' timeout; answered
-    408.
+``BODY_SECONDS`` 5
+    to read a body once its headers are in (the webhooks' ``timeoutSeconds``: the
+    API server has given up by then); answered 408.
 ``SMALL_BODY_BYTES`` 128 KiB and ``LARGE_BODIES_BUDGET`` 16 MiB
     bodies up to 128 KiB (every Node review, every normal ConfigMap review) are
     read at once; larger ones share a budget of 16 MiB (two of the largest reviews
     at once, and change), reserved from their ``Content-Length`` before a byte is
-    read. Beyond it: 503 with ``Retry-After: 1`` (the API server's webhook client
-    retries). The worst a caller can hold is then ``MAX_CONNECTIONS`` x 128 KiB +
-    16 MiB, for at most ``BODY_SECONDS``.
+    read. Beyond it: 503 with ``Retry-After: 1`` (for the API server, a webhook
+    failure like any other: ``failurePolicy`` decides). The worst a caller can
+    hold is then ``MAX_CONNECTIONS`` x 128 KiB + 16 MiB, for at most
+    ``BODY_SECONDS``. After an early 413 or 503 the rest of the body is read and
+    dropped (not kept), so that a client still sending it sees the answer.
 Chunked bodies
     are refused with 411 (the API server never sends one, and a body in one-byte
     chunks cost 6 s of CPU per MB); a request with both ``Content-Length`` and
@@ -84,12 +87,12 @@ __all__ = [
 MAX_CONNECTIONS: Final = 512
 HANDSHAKE_SECONDS: Final = 5.0
 HEADERS_SECONDS: Final = 5.0
-REQUEST_SECONDS: Final = 12.0
+REQUEST_SECONDS: Final = HEADERS_SECONDS + 5.0 + 2.0
 KEEP_ALIVE_SECONDS: Final = 30
 TLS_READ_BUFFER: Final = 16 * 1024
 MAX_HEADER_BYTES: Final = 16 * 1024
 
-BODY_SECONDS: Final = 10.0
+BODY_SECONDS: Final = 5.0
 SMALL_BODY_BYTES: Final = 128 * 1024
 LARGE_BODIES_BUDGET: Final = 16 * 1024 * 1024
 RETRY_AFTER_SECONDS: Final = 1
