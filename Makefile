@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench soak clean
+.PHONY: all venv run test lint certs bench bench-parse soak clean
 
 all: test
 
@@ -52,3 +52,6 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+bench-parse: $(STAMP)
+	$(BIN)/python bench/parse_cost.py

@@ -267,3 +267,26 @@ def test_check_network_config_etcd_mode(fields: dict[str, object], expected: str
     assert res.conf is not None
     got = check_network_config(res.conf)
     assert (expected in got) if expected else got == ""
+
+
+@pytest.mark.parametrize("unknown", [10, 100])
+def test_did_you_mean_is_worked_out_at_most_five_times_per_object(monkeypatch: pytest.MonkeyPatch,
+                                                                  unknown: int) -> None:
+    """The work is pinned by counting, not timing: difflib runs for the keys shown, not for all."""
+    import difflib
+
+    calls = 0
+    real = difflib.get_close_matches
+
+    def counted(*args: object, **kwargs: object) -> list[str]:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    keys = ", ".join(f'"Netwrk{i}": 1' for i in range(unknown))
+    backend = ", ".join(f'"VNX{i}": 1' for i in range(unknown))
+    text = '{"Network": "10.244.0.0/16", ' + keys + ', "Backend": {"Type": "vxlan", ' + backend + "}}"
+    assert len(text) <= NET_CONF_MAX_BYTES
+    parse_net_conf(text)
+    assert calls == 10  # five in the config, five in its Backend

@@ -99,6 +99,7 @@ def build_server(settings: Settings, state: ClusterState,
         access_log=False,
         server_header=False,
         http="h11",
+        ws="none",  # no WebSocket upgrade: nothing here speaks it
         # kube-apiserver keeps connections to webhooks alive; match its idle timeout order.
         timeout_keep_alive=limits.KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=20,
