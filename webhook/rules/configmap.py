@@ -82,7 +82,7 @@ def review_configmap(
         return findings
     findings.extend(_review_networks(parsed.conf, view, settings))
     if operation == "UPDATE" or len(view.nodes):
-        findings.extend(_review_stranding(parsed.conf, old, view, operation, settings))
+        findings.extend(_review_stranding(parsed.conf, obj, old, view, operation, settings))
     return findings
 
 
@@ -214,11 +214,13 @@ def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
     )]
 
 
-def _review_stranding(conf: NetConf, old: dict[str, Any] | None, view: ClusterView,
-                      operation: str, settings: RuleSettings) -> list[Finding]:
+def _review_stranding(conf: NetConf, new: dict[str, Any] | None, old: dict[str, Any] | None,
+                      view: ClusterView, operation: str, settings: RuleSettings) -> list[Finding]:
     """A new ``Network`` must still contain every existing node's podCIDR."""
     if operation == "UPDATE":
         old_text = _data(old).get(NET_CONF_KEY)
+        if isinstance(old_text, str) and old_text == _data(new).get(NET_CONF_KEY):
+            return []  # the same text: the same networks (and no second parse)
         old_conf = parse_net_conf(old_text).conf if isinstance(old_text, str) else None
         if old_conf is not None and (
             _net(old_conf.network), _net(old_conf.ipv6_network)
