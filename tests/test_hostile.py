@@ -32,9 +32,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import flannel_configmap, node, review
-from server_process import ServerProcess, serve
+from server_process import ServerProcess, client_pair, serve
 
-from webhook import limits
+from webhook import certs, limits
+from webhook.constants import NAMESPACE
 
 # A legitimate review during an attack answers within this (the liveness probe's timeout is
 # 2 s, and the API server's for a webhook 5 s). Unattacked, it takes milliseconds.
@@ -267,6 +268,31 @@ def test_the_api_servers_connections_outlive_a_flood_of_bare_connects(server: Se
     finally:
         for s in [kept, talking, *flood]:
             s.close()
+
+
+def test_with_a_client_ca_connects_and_refused_handshakes_cost_as_little(tmp_path: Path):
+    """Issue 15: ``--client-ca`` did not help (500 connects: +149 MB): the refusal came after the buffers."""
+    api_ca = certs.generate("apiserver-client", NAMESPACE, days=1)
+    (tmp_path / "client-ca.crt").write_bytes(api_ca.ca_cert_pem)
+    good = client_pair(tmp_path / "good", api_ca.ca_cert_pem, api_ca.ca_key_pem)
+    with serve(tmp_path, "--client-ca", str(tmp_path / "client-ca.crt"), client_cert=good) as running:
+        legit(running)  # with the API server's client certificate
+        before_rss = rss_mib(running)
+        socks = [bare(running) for _ in range(1000)]  # past the cap
+        refused = 0
+        for _ in range(50):  # no client certificate: refused in the handshake
+            ctx = running.context(with_cert=False)
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                raw = socket.create_connection(("127.0.0.1", running.port))
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                    pass
+                continue
+            refused += 1
+        assert refused == 50
+        assert legit(running) < LEGIT_SECONDS
+        assert rss_mib(running) - before_rss < 32, f"RSS {before_rss:.0f} -> {rss_mib(running):.0f} MiB"
+        wait_closed(socks, limits.HANDSHAKE_SECONDS + GRACE)
 
 
 # ---------------------------------------------------------------------------------------------
