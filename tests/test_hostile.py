@@ -340,6 +340,21 @@ def test_a_chunked_body_is_refused_411_before_a_chunk_is_read(server: ServerProc
     assert legit(server) < LEGIT_SECONDS
 
 
+def test_a_body_in_one_byte_tls_records_is_cut_off_early(server: ServerProcess):
+    """Each TLS record is decrypted in Python: one-byte records cost 2.8 s of CPU per MB."""
+    closed = closed_by(server, "tiny_records")
+    s = tls(server, send=head("/validate", 1_000_000))
+    sent = 0
+    with contextlib.suppress(OSError):
+        for _ in range(1_000_000):
+            s.send(b" ")  # one TLS record each, about 30 bytes on the wire
+            sent += 1
+    s.close()
+    assert sent < 100_000  # closed after a few hundred KiB on the wire, far from the megabyte
+    assert closed_by(server, "tiny_records") == closed + 1
+    assert legit(server) < LEGIT_SECONDS
+
+
 def test_content_length_with_transfer_encoding_is_refused_and_the_connection_closed(server: ServerProcess):
     """RFC 9112 section 6.3: both framings at once may be request smuggling; answer, then close."""
     s = tls(server)

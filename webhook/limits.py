@@ -41,6 +41,12 @@ So, per connection (enforced in :mod:`webhook.server`):
 ``TLS_READ_BUFFER`` 16 KiB
     asyncio allocates 256 KiB per TLS connection before the first byte; a TLS
     record carries at most 16 KiB, so a larger buffer never fills.
+``TINY_RECORDS_RATIO`` 4 and ``TINY_RECORDS_AFTER`` 256 KiB
+    a connection that has sent more than 256 KiB beyond four times the plaintext
+    it carried is closed: asyncio decrypts record by record in Python (about 3 µs
+    each), so a body in one-byte TLS records (30 bytes on the wire each) cost 2.8 s
+    of CPU per MB. The API server's records are kilobytes (its writes go through a
+    buffer), and a handshake is a few KiB.
 ``MAX_HEADER_BYTES`` 16 KiB
     request line and headers (h11's incomplete-event limit; an API server request
     carries about 300 bytes of headers).
@@ -81,6 +87,8 @@ __all__ = [
     "REQUEST_SECONDS",
     "RETRY_AFTER_SECONDS",
     "SMALL_BODY_BYTES",
+    "TINY_RECORDS_AFTER",
+    "TINY_RECORDS_RATIO",
     "TLS_READ_BUFFER",
 ]
 
@@ -91,6 +99,8 @@ REQUEST_SECONDS: Final = HEADERS_SECONDS + 5.0 + 2.0
 KEEP_ALIVE_SECONDS: Final = 30
 TLS_READ_BUFFER: Final = 16 * 1024
 MAX_HEADER_BYTES: Final = 16 * 1024
+TINY_RECORDS_RATIO: Final = 4
+TINY_RECORDS_AFTER: Final = 256 * 1024
 
 BODY_SECONDS: Final = 5.0
 SMALL_BODY_BYTES: Final = 128 * 1024
