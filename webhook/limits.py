@@ -17,7 +17,7 @@ kube-apiserver, and its behaviour sets every number here:
 * A Node review is a few KiB (object and oldObject); the largest legitimate review
   is a 3 MiB object twice (``settings.MAX_BODY_BYTES``, 7 MiB), and that is rare.
 
-So, per connection (enforced in :mod:`webhook.server`):
+So, per connection (enforced in :mod:`webhook.connections`):
 
 ``MAX_CONNECTIONS`` 512
     TCP connections open at once, from accept to close, handshakes included. At
@@ -45,8 +45,8 @@ So, per connection (enforced in :mod:`webhook.server`):
     a connection that has sent more than 256 KiB beyond four times the plaintext
     it carried is closed: asyncio decrypts record by record in Python (about 3 µs
     each), so a body in one-byte TLS records (30 bytes on the wire each) cost 2.8 s
-    of CPU per MB. The API server's records are kilobytes (its writes go through a
-    buffer), and a handshake is a few KiB.
+    of CPU per MB. The API server's records are a kilobyte or more (its writes go
+    through a buffer), and a handshake is a few KiB.
 ``MAX_HEADER_BYTES`` 16 KiB
     request line and headers (h11's incomplete-event limit; an API server request
     carries about 300 bytes of headers).
