@@ -14,6 +14,10 @@ are measured in ``bench/soak.py`` and bench/RESULTS.md.
 
 The module runs in tens of seconds: each deadline is waited for once, by events
 (a socket closed by the server), never by a sleep that guesses.
+
+Not here: the issue's forged Node CREATEs that drain the podCIDR pool, and the forged
+standalone UPDATE recorded in the index; those are its "pool" and "standalone" items,
+tested with their fix.
 """
 
 from __future__ import annotations
