@@ -491,3 +491,14 @@ def test_the_server_log_of_the_module_is_small(server: ServerProcess):
     lines = server.log.read_text().splitlines()
     assert all(len(line) < 4096 for line in lines)
     assert Path(server.log).stat().st_size < 8 * 1024 * 1024
+
+
+def test_after_the_attacks_the_server_holds_no_connection_of_theirs(server: ServerProcess):
+    """Every attacking connection is gone: the guard forgot each one (no leak of its records)."""
+    for client in server.clients:  # the tests' own kept-alive connections
+        client.close()
+    server.clients.clear()
+    deadline = time.monotonic() + limits.REQUEST_SECONDS + GRACE
+    while sample(server, "flannel_guard_connections_open") > 1:  # the connection asking
+        assert time.monotonic() < deadline, sample(server, "flannel_guard_connections_open")
+        time.sleep(0.2)  # polling a gauge for an event, with a deadline
