@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench bench-claims soak clean
+.PHONY: all venv run test lint certs bench bench-claims bench-parse soak clean
 
 all: test
 
@@ -58,3 +58,6 @@ bench-claims: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+bench-parse: $(STAMP)
+	$(BIN)/python bench/parse_cost.py

@@ -16,7 +16,11 @@ in this process:
 * a certificate rotation at half time: a new pair is written over tls.crt /
   tls.key atomically (as a Secret volume update), the client trusts both CAs,
   and a probe opens a fresh TLS connection every second to see when the new
-  certificate is served.
+  certificate is served;
+* the hostile phase (``SOAK_HOSTILE=0`` turns it off), for the whole run, in a
+  process of its own (``bench/attacker.py``): bare connects past the connection
+  cap, slowloris connections, held 7 MiB bodies and forged reviews (issue 15).
+  The normal load must still get only expected answers, and RSS stay flat.
 
 Every response is checked against what its request should get; anything else
 is counted as unexpected (with a few samples). Writes ``bench/out/soak.json``.
@@ -57,6 +61,7 @@ from webhook.service import certs  # noqa: E402
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 RPS = float(os.environ.get("SOAK_RPS", "100"))
 LIVE = int(os.environ.get("SOAK_LIVE", "200"))
+HOSTILE = os.environ.get("SOAK_HOSTILE", "1") != "0"
 WORKERS = 8
 CLUSTER_CIDR = "10.240.0.0/12"
 MASK = "28"  # 65,536 node CIDRs: next-fit never reaches the probes' 10.250.0.0/16
@@ -333,10 +338,27 @@ def main() -> int:
                 time.sleep(0.1)
             rss_start = rss_kib(proc.pid)
             soak.pid = proc.pid
-            print(f"soak: {SECONDS:.0f} s at {RPS:.0f} req/s against pid {proc.pid}", file=sys.stderr)
-            wall = asyncio.run(soak.load(url, ctx, port, bundle_b))
+            attacker = None
+            if HOSTILE:
+                (work / "ca-both.crt").write_bytes(bundle_a.ca_cert_pem + bundle_b.ca_cert_pem)
+                attacker = subprocess.Popen([sys.executable, str(ROOT / "bench" / "attacker.py"), str(port),
+                                             str(work / "ca-both.crt"), str(work / "attacker.json")])
+            print(f"soak: {SECONDS:.0f} s at {RPS:.0f} req/s against pid {proc.pid}"
+                  f"{' with the hostile phase' if HOSTILE else ''}", file=sys.stderr)
+            try:
+                wall = asyncio.run(soak.load(url, ctx, port, bundle_b))
+            finally:
+                if attacker is not None:
+                    attacker.terminate()
+                    attacker.wait(120)
             rss_end = rss_kib(proc.pid)
             alive = proc.poll() is None
+            closed = {}
+            with contextlib.suppress(httpx.HTTPError):
+                for line in httpx.get(f"{url}/metrics", verify=ctx, timeout=10).text.splitlines():
+                    if line.startswith(("flannel_guard_connections_closed_total",
+                                        "flannel_guard_bad_requests_total")):
+                        closed[line.split()[0]] = float(line.split()[1])
         finally:
             proc.terminate()
             try:
@@ -377,6 +399,11 @@ def main() -> int:
             "duplicate_cidrs_among_live_nodes": duplicates,
             "leases_at_end": len(soak.api.api.leases),
             "server_alive_at_end": alive,
+            "hostile": None if not HOSTILE else {
+                "attacker": json.loads((work / "attacker.json").read_text())
+                if (work / "attacker.json").exists() else "no report",
+                "server_counters": closed,
+            },
             "server_log_bytes": log_bytes,
             "server_log_tracebacks": log_text.count(b"Traceback"),
             "server_log_sha256": hashlib.sha256(log_text).hexdigest()[:16],

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from webhook.core.rules.findings import Severity
-from webhook.core.rules.flannel import check_network_config, parse_net_conf
+from webhook.core.rules.flannel import NET_CONF_MAX_BYTES, check_network_config, parse_net_conf
 
 
 def codes(text: str, arch: str = "amd64") -> tuple[set[str], set[str]]:
@@ -130,7 +130,7 @@ def test_net_conf_table(text: str, want_errors: set[str], want_warnings: set[str
     ('{"Network": "10.244.0.0/16",}', "line 1"),
     ("Network: 10.244.0.0/16", "line 1"),
     ('{"Network": NaN}', "NaN"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("[" * 2000 + "]" * 2000, "nested too deeply"),  # within NET_CONF_MAX_BYTES
 ])
 def test_not_json_is_refused_with_the_position(text: str, fragment: str) -> None:
     res = parse_net_conf(text)
@@ -182,9 +182,72 @@ def test_unknown_key_suggests_the_right_one() -> None:
 
 
 def test_messages_never_echo_unbounded_input() -> None:
-    huge = "x" * 100_000
+    huge = "x" * 1900  # two of them still fit NET_CONF_MAX_BYTES: the values are read
     res = parse_net_conf(json.dumps({"Network": huge, "Backend": {"Type": huge}}))
+    assert {f.code for f in res.findings} == {"InvalidField", "UnknownBackend"}
     assert all(len(f.text()) < 1000 for f in res.findings)
+
+
+def test_a_net_conf_past_the_cap_is_refused_unread_saying_how_big_it_is() -> None:
+    text = json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"},
+                       "Pad": "x" * NET_CONF_MAX_BYTES})
+    [finding] = parse_net_conf(text).findings
+    assert finding.code == "NetConfTooLarge" and finding.severity is Severity.ERROR
+    assert f"{len(text):,} bytes" in finding.summary and f"{NET_CONF_MAX_BYTES:,}" in finding.summary
+    # The cap counts UTF-8 bytes, not characters.
+    wide = '{"Network": "10.244.0.0/16", "Pad": "' + "é" * (NET_CONF_MAX_BYTES // 2) + '"}'
+    assert len(wide) < NET_CONF_MAX_BYTES
+    assert [f.code for f in parse_net_conf(wide).findings] == ["NetConfTooLarge"]
+
+
+def _filled(piece: str, tail: str = '"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}') -> str:
+    """``piece`` (with ``{i}``) repeated as often as fits NET_CONF_MAX_BYTES, then ``tail``."""
+    items: list[str] = []
+    size = len(tail) + 2
+    while size + len(piece.format(i=len(items))) + 1 <= NET_CONF_MAX_BYTES:
+        items.append(piece.format(i=len(items)))
+        size += len(items[-1]) + 1
+    text = "{" + ",".join([*items, tail]) + "}"
+    assert len(text) <= NET_CONF_MAX_BYTES
+    return text
+
+
+@pytest.mark.parametrize(("piece", "code", "counted"), [
+    pytest.param('"k{i}": 1, "k{i}": 2', "DuplicateKey", "more keys more than once", id="duplicates"),
+    pytest.param('"Netwrk{i}": 1', "UnknownKey", "more keys that are not flannel settings",
+                 id="near-misses"),
+    pytest.param('"network": "10.244.0.0/16"', "KeyCase", "in another case", id="key-case"),
+    pytest.param('"Network": "10.{i}.0.0/33"', "InvalidField", "more invalid values", id="invalid"),
+])
+def test_key_level_reports_name_five_and_count_the_rest(piece: str, code: str, counted: str) -> None:
+    """Issue 15: one finding (and one "did you mean") per key made a review quadratic."""
+    findings = [f for f in parse_net_conf(_filled(piece)).findings if f.code == code]
+    assert len(findings) == 6, [f.summary for f in findings]
+    assert counted in findings[-1].summary
+    hidden = int(findings[-1].summary.split(" has " if " has " in findings[-1].summary
+                                            else " sets ")[1].split()[0].replace(",", ""))
+    assert hidden > 50
+
+
+def test_backend_key_reports_are_bounded_too() -> None:
+    keys = ", ".join(f'"VNX{i}": 1' for i in range(300))
+    text = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", ' + keys + "}}"
+    findings = [f for f in parse_net_conf(text).findings if f.code == "UnknownKey"]
+    assert len(findings) == 6 and "295 more keys the vxlan backend does not read" in findings[-1].summary
+
+
+def test_a_huge_key_gets_no_did_you_mean() -> None:
+    res = parse_net_conf('{"Network": "10.244.0.0/16", "' + "Networ" * 300 + '": 1}')
+    [unknown] = [f for f in res.findings if f.code == "UnknownKey"]
+    assert "did you mean" not in unknown.summary
+
+
+def test_an_invalid_early_duplicate_still_fails_as_in_go_even_when_its_text_repeats() -> None:
+    # Go decodes every occurrence; flannel's UnmarshalJSON error on the first stops the decode.
+    text = '{"Network": "nope", "Network": "nope", "Network": "10.244.0.0/16"}'
+    assert "InvalidField" in {f.code for f in parse_net_conf(text).findings}
+    res = parse_net_conf('{"Network": "10.1.0.0/16", "Network": "10.1.0.0/16", "Network": "10.244.0.0/16"}')
+    assert res.conf is not None and str(res.conf.network.network) == "10.244.0.0/16"
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
@@ -204,3 +267,26 @@ def test_check_network_config_etcd_mode(fields: dict[str, object], expected: str
     assert res.conf is not None
     got = check_network_config(res.conf)
     assert (expected in got) if expected else got == ""
+
+
+@pytest.mark.parametrize("unknown", [10, 100])
+def test_did_you_mean_is_worked_out_at_most_five_times_per_object(monkeypatch: pytest.MonkeyPatch,
+                                                                  unknown: int) -> None:
+    """The work is pinned by counting, not timing: difflib runs for the keys shown, not for all."""
+    import difflib
+
+    calls = 0
+    real = difflib.get_close_matches
+
+    def counted(*args: object, **kwargs: object) -> list[str]:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    keys = ", ".join(f'"Netwrk{i}": 1' for i in range(unknown))
+    backend = ", ".join(f'"VNX{i}": 1' for i in range(unknown))
+    text = '{"Network": "10.244.0.0/16", ' + keys + ', "Backend": {"Type": "vxlan", ' + backend + "}}"
+    assert len(text) <= NET_CONF_MAX_BYTES
+    parse_net_conf(text)
+    assert calls == 10  # five in the config, five in its Backend

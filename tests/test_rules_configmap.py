@@ -8,7 +8,7 @@ import pytest
 from conftest import flannel_configmap, make_view, net_conf
 
 from webhook.core.rules import Mode, ReviewInput, RuleSettings, Severity, decide, review
-from webhook.core.rules.configmap import review_configmap
+from webhook.core.rules.configmap import CNI_CONF_MAX_BYTES, is_flannel_configmap, review_configmap
 from webhook.core.rules.findings import NetworkMatch
 
 SETTINGS = RuleSettings()
@@ -166,3 +166,23 @@ def test_warnings_are_capped_as_the_api_server_does():
     verdict = decide(many, Mode.ENFORCE)
     assert all(len(w) <= WARNING_MAX for w in verdict.warnings)
     assert sum(len(w) for w in verdict.warnings) <= WARNINGS_TOTAL_MAX
+
+
+@pytest.mark.parametrize("field", ["name", "namespace"])
+@pytest.mark.parametrize("value", [[], {}, 7, ["kube-flannel-cfg"]],
+                         ids=["list", "object", "number", "a-list-of-it"])
+def test_a_name_or_namespace_that_is_not_a_string_is_simply_not_guarded(field, value):
+    """Issue 15: ``metadata.name: []`` raised TypeError (an internal error) in is_flannel_configmap."""
+    cm = flannel_configmap(net_conf(Network="10.1.0.0/16"))
+    cm["metadata"][field] = value
+    req = ReviewInput(kind="ConfigMap", operation="CREATE", namespace="kube-flannel", name=None,
+                      object=cm, old_object=None)
+    assert review(req, make_view(), SETTINGS) == []
+    assert is_flannel_configmap(cm, SETTINGS, "kube-flannel") is False
+
+
+def test_a_cni_conf_past_its_cap_is_refused_unread():
+    cni = json.dumps({"name": "cbr0", "plugins": [{"type": "flannel"}], "pad": "x" * CNI_CONF_MAX_BYTES})
+    findings = run(flannel_configmap(net_conf(), **{"cni-conf.json": cni}), make_view())
+    assert error_codes(findings) == ["CNIConfTooLarge"]
+    assert f"{len(cni):,} bytes" in findings[0].summary

@@ -37,8 +37,10 @@ from webhook.kube.events import EventRecorder
 from webhook.kube.leader import LeaderElector
 from webhook.kube.leases import LeaseStore, LeaseWatcher
 from webhook.kube.sources import LiveSources, guarded_order
+from webhook.service import limits
 from webhook.service.app import create_app
 from webhook.service.certs import CertReloader, server_ssl_context
+from webhook.service.connections import ConnectionGuard
 from webhook.service.probes import ProbeServer, build_probe_server
 
 __all__ = ["build_server", "serve"]
@@ -56,11 +58,21 @@ class _Server(uvicorn.Server):
     SIGINT, stops at once.
     """
 
-    def __init__(self, config: uvicorn.Config, state: ClusterState, shutdown_delay: float = 0.0) -> None:
+    def __init__(self, config: uvicorn.Config, state: ClusterState, shutdown_delay: float = 0.0,
+                 guard: ConnectionGuard | None = None) -> None:
         super().__init__(config)
         self._state = state
         self._shutdown_delay = shutdown_delay
         self._exit_at: float | None = None
+        self._guard = guard
+
+    def _log_started_message(self, listeners: object) -> None:
+        """uvicorn's listener is plain TCP (TLS is per connection): ``serve`` logs the start itself."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._guard is not None:
+            self._guard.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._state.ready = False
@@ -96,21 +108,24 @@ def build_server(settings: Settings, state: ClusterState, allocator: Allocator |
         app,
         host=settings.host,
         port=settings.port,
-        ssl_certfile=str(settings.tls_cert),
-        ssl_keyfile=str(settings.tls_key),
         log_config=None,
         access_log=False,
         server_header=False,
+        http="h11",
+        ws="none",  # no WebSocket upgrade: nothing here speaks it
         # kube-apiserver keeps connections to webhooks alive; match its idle timeout order.
-        timeout_keep_alive=30,
+        timeout_keep_alive=limits.KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=20,
+        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
         lifespan="off",
     )
     config.load()
     context = server_ssl_context(settings.tls_cert, settings.tls_key, settings.client_ca)
-    config.ssl = context
+    guard = ConnectionGuard(context, registry=app.state.metrics.registry)
+    # uvicorn calls its http_protocol_class once per accepted connection.
+    config.http_protocol_class = guard  # type: ignore[assignment]
     reloader = CertReloader(context, settings.tls_cert, settings.tls_key)
-    return _Server(config, state, settings.shutdown_delay), reloader
+    return _Server(config, state, settings.shutdown_delay, guard), reloader
 
 
 

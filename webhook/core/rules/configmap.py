@@ -17,10 +17,14 @@ from webhook.core.cidr import IPNetwork
 from webhook.core.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
 from webhook.core.rules.flannel import NetConf, parse_net_conf
 
-__all__ = ["CNI_CONF_KEY", "NET_CONF_KEY", "is_flannel_configmap", "review_configmap"]
+__all__ = ["CNI_CONF_KEY", "CNI_CONF_MAX_BYTES", "NET_CONF_KEY", "is_flannel_configmap",
+           "review_configmap"]
 
 NET_CONF_KEY = "net-conf.json"
 CNI_CONF_KEY = "cni-conf.json"
+# kube-flannel.yml's cni-conf.json is about 300 bytes; past this it is refused unread (the
+# JSON parse of a 1 MiB value would hold the event loop for tens of milliseconds).
+CNI_CONF_MAX_BYTES = 64 * 1024
 _MAX_NAMED = 5
 
 
@@ -33,8 +37,12 @@ def is_flannel_configmap(obj: dict[str, Any] | None, settings: RuleSettings,
                          namespace: str | None = None) -> bool:
     """Whether ``obj`` is one of the guarded flannel ConfigMaps."""
     meta = _meta(obj)
-    ns = meta.get("namespace") or namespace or ""
-    return (ns, meta.get("name", "")) in settings.flannel_configmaps
+    ns, name = meta.get("namespace"), meta.get("name", "")
+    # A name or namespace that is not a string names no ConfigMap the API server would store
+    # (and a list is not even hashable): simply not guarded.
+    if not isinstance(name, str) or not isinstance(ns, str | None):
+        return False
+    return (ns or namespace or "", name) in settings.flannel_configmaps
 
 
 def _data(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -77,7 +85,7 @@ def review_configmap(
     ident = f"{meta.get('namespace') or namespace or ''}/{meta.get('name', '')}"
     findings.extend(_review_networks(parsed.conf, view, settings, ident))
     if operation == "UPDATE" or len(view.nodes):
-        findings.extend(_review_stranding(parsed.conf, old, view, operation, settings))
+        findings.extend(_review_stranding(parsed.conf, obj, old, view, operation, settings))
     return findings
 
 
@@ -107,6 +115,14 @@ def _review_cni_conf(data: dict[str, Any]) -> list[Finding]:
     if text is None:
         return []
     fix = 'keep the "plugins" list of kube-flannel.yml: [{"type": "flannel", ...}, {"type": "portmap", ...}].'
+    if isinstance(text, str) and len(text) > CNI_CONF_MAX_BYTES // 4 and \
+            len(text.encode("utf-8", "surrogatepass")) > CNI_CONF_MAX_BYTES:
+        return [Finding(
+            Severity.ERROR, "CNIConfTooLarge",
+            f"{CNI_CONF_KEY} is {len(text.encode('utf-8', 'surrogatepass')):,} bytes; flannel-guard"
+            f" reads at most {CNI_CONF_MAX_BYTES:,}.",
+            "kube-flannel.yml's is about 300 bytes: the flannel and portmap plugins.", fix,
+        )]
     try:
         doc = json.loads(text) if isinstance(text, str) else None
     except (ValueError, RecursionError) as e:  # ValueError: also a 4,300-digit-plus integer
@@ -215,11 +231,13 @@ def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
     )]
 
 
-def _review_stranding(conf: NetConf, old: dict[str, Any] | None, view: ClusterView,
-                      operation: str, settings: RuleSettings) -> list[Finding]:
+def _review_stranding(conf: NetConf, new: dict[str, Any] | None, old: dict[str, Any] | None,
+                      view: ClusterView, operation: str, settings: RuleSettings) -> list[Finding]:
     """A new ``Network`` must still contain every existing node's podCIDR."""
     if operation == "UPDATE":
         old_text = _data(old).get(NET_CONF_KEY)
+        if isinstance(old_text, str) and old_text == _data(new).get(NET_CONF_KEY):
+            return []  # the same text: the same networks (and no second parse)
         old_conf = parse_net_conf(old_text).conf if isinstance(old_text, str) else None
         if old_conf is not None and (
             _net(old_conf.network), _net(old_conf.ipv6_network)

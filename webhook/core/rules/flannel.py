@@ -41,6 +41,7 @@ from webhook.core.rules.findings import Finding, Severity
 __all__ = [
     "BACKENDS",
     "DUAL_STACK_BACKENDS",
+    "NET_CONF_MAX_BYTES",
     "NetConf",
     "NetConfResult",
     "parse_net_conf",
@@ -58,6 +59,18 @@ IPSEC_MIN_PSK = 96
 WIREGUARD_MODES = ("separate", "auto", "ipv4", "ipv6")
 # Linux VXLAN: a VNI is 24 bits.
 VNI_MAX = (1 << 24) - 1
+
+# The size flannel-guard reads net-conf.json up to. kube-flannel.yml's is about 100 bytes and
+# a config with every field set, an ipsec PSK and extension commands stays under 2 KiB, but a
+# ConfigMap may hold 1 MiB. Past this it is refused unread, so that a review costs a few
+# milliseconds whatever the ConfigMap holds (issue 15: 40,000 duplicate keys took 14 s). The
+# worst case within the cap (hundreds of distinct CIDRs under one duplicated key, each parsed
+# as Go does) is measured in bench/RESULTS.md.
+NET_CONF_MAX_BYTES = 4 * 1024
+# Key-level findings (unknown key, duplicate, case) named one by one; the rest are counted.
+_MAX_KEY_FINDINGS = 5
+# "did you mean" is only worked out for keys this short (difflib is quadratic in length).
+_SUGGEST_MAX_KEY = 64
 
 KUBE_MODE_IGNORED = ("SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin",
                      "IPv6SubnetMax")
@@ -226,12 +239,27 @@ def _flannel_ip(value: object, version: int) -> ipaddress.IPv4Address | ipaddres
 
 # Config's fields: Go name -> (decoder, applies to null?). A decoder that applies to
 # null is a custom UnmarshalJSON on a non-pointer type (Go hands it "null").
-_Setter = Callable[[NetConf, object], None]
+# A duplicate key is decoded again, as Go does (an invalid early one still fails the whole
+# config), but the same text only once per document: (attribute, JSON type, text) -> result.
+_Memo = dict[tuple[str, type, str], object]
+_Setter = Callable[[NetConf, object, "_Memo | None"], None]
 
 
 def _set(attr: str, decode: Callable[[object], object]) -> _Setter:
-    def setter(conf: NetConf, value: object) -> None:
-        setattr(conf, attr, decode(value))
+    def setter(conf: NetConf, value: object, memo: _Memo | None = None) -> None:
+        if memo is None or not isinstance(value, str):
+            setattr(conf, attr, decode(value))
+            return
+        key = (attr, type(value), str(value))
+        if key not in memo:
+            try:
+                memo[key] = decode(value)
+            except _GoError as e:
+                memo[key] = e
+        result = memo[key]
+        if isinstance(result, _GoError):
+            raise result
+        setattr(conf, attr, result)
 
     return setter
 
@@ -252,7 +280,7 @@ _CONFIG_FIELDS: dict[str, tuple[_Setter, bool]] = {
     "IPv6SubnetLen": (
         _set("ipv6_subnet_len", lambda v: _go_int(v, "Config.IPv6SubnetLen", unsigned=True)),
         False),
-    "Backend": (lambda conf, v: None, True),  # json.RawMessage: kept raw, decoded below
+    "Backend": (lambda conf, v, memo=None: None, True),  # json.RawMessage: kept raw, decoded below
 }
 
 # Each backend's own config struct (RegisterNetwork): field -> Go kind.
@@ -272,31 +300,71 @@ _BACKEND_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
-def _match_field(key: str, names: list[str]) -> str | None:
+def _fold(names: list[str]) -> dict[str, str]:
+    """casefold -> the first field of that name (Go's encoding/json takes the first match)."""
+    index: dict[str, str] = {}
+    for name in names:
+        index.setdefault(name.casefold(), name)
+    return index
+
+
+def _match_field(key: str, names: list[str], folded: dict[str, str] | None = None) -> str | None:
     """Go's encoding/json: an exact name first, else a case-insensitive one."""
     if key in names:
         return key
-    folded = key.casefold()
-    for name in names:
-        if name.casefold() == folded:
-            return name
-    return None
+    return (folded if folded is not None else _fold(names)).get(key.casefold())
 
 
 def _did_you_mean(key: str, names: list[str]) -> str:
+    if len(key) > _SUGGEST_MAX_KEY:
+        return ""
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
-def _duplicates(pairs: _Pairs, names: list[str]) -> list[str]:
-    seen: dict[str, str] = {}
-    dups: list[str] = []
+class _KeyReport:
+    """Key-level findings, at most ``_MAX_KEY_FINDINGS`` of each code, then one count of the rest.
+
+    ``wanted`` is asked first, so that a finding past the cap is never built (a "did you
+    mean" costs a difflib run).
+    """
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self._counts: dict[str, int] = {}
+        self._rest: dict[str, tuple[Severity, str]] = {}
+
+    def wanted(self, code: str, rest: str, severity: Severity = Severity.WARNING) -> bool:
+        """Count one more ``code``; ``rest`` (a ``{}`` for the count) sums up those not shown."""
+        count = self._counts.get(code, 0) + 1
+        self._counts[code] = count
+        if count > _MAX_KEY_FINDINGS:
+            self._rest[code] = (severity, rest)
+            return False
+        return True
+
+    def done(self) -> list[Finding]:
+        for code, (severity, rest) in self._rest.items():
+            hidden = f"{self._counts[code] - _MAX_KEY_FINDINGS:,}"
+            self.findings.append(Finding(severity, code, rest.format(hidden)))
+        return self.findings
+
+
+def _duplicates(pairs: _Pairs, names: list[str], folded: dict[str, str]) -> tuple[list[str], int]:
+    """The first few keys set more than once (in order), and how many there are; linear."""
+    seen: set[str] = set()
+    dups: set[str] = set()
+    shown: list[str] = []
     for key, _ in pairs:
-        name = _match_field(key, names) or key
-        if name in seen and name not in dups:
-            dups.append(name)
-        seen[name] = key
-    return dups
+        name = _match_field(key, names, folded) or key
+        if name in seen:
+            if name not in dups:
+                dups.add(name)
+                if len(shown) < _MAX_KEY_FINDINGS:
+                    shown.append(name)
+        else:
+            seen.add(name)
+    return shown, len(dups)
 
 
 def _parse_error_finding(text: str, err: json.JSONDecodeError) -> Finding:
@@ -322,6 +390,16 @@ def parse_net_conf(text: str, *, arch: str = "amd64") -> NetConfResult:
     people, and what only the etcd-mode ``CheckNetworkConfig`` would refuse.
     """
     findings: list[Finding] = []
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > NET_CONF_MAX_BYTES:
+        return NetConfResult(None, [_err(
+            "NetConfTooLarge",
+            f"net-conf.json is {size:,} bytes; flannel-guard reads at most {NET_CONF_MAX_BYTES:,}.",
+            "A flannel config is a few hundred bytes (kube-flannel.yml's is about 100): the"
+            " Network, the Backend and a few flags.",
+            "keep only the keys flannel reads (Network, IPv6Network, EnableIPv4, EnableIPv6,"
+            " Backend, ...) and store anything else elsewhere.",
+        )])
     try:
         doc = _loads(text)
     except json.JSONDecodeError as e:
@@ -346,21 +424,32 @@ def parse_net_conf(text: str, *, arch: str = "amd64") -> NetConfResult:
         )])
     else:
         names = list(_CONFIG_FIELDS)
-        for dup in _duplicates(doc, names):
+        folded = _fold(names)
+        shown, duplicated = _duplicates(doc, names, folded)
+        for dup in shown:
             findings.append(_warn(
                 "DuplicateKey", f"net-conf.json sets {dup[:40]} more than once; flannel uses the last."))
+        if duplicated > len(shown):
+            findings.append(_warn(
+                "DuplicateKey", f"net-conf.json sets {duplicated - len(shown):,} more keys more than"
+                " once; flannel uses the last of each."))
+        keys = _KeyReport()
+        memo: _Memo = {}
         backend_raw: object = None
         for key, value in doc:
-            name = _match_field(key, names)
+            name = _match_field(key, names, folded)
             if name is None:
-                findings.append(_warn(
-                    "UnknownKey",
-                    f'net-conf.json key "{key[:40]}" is not a flannel setting and is ignored'
-                    f"{_did_you_mean(key, names)}.",
-                ))
+                if keys.wanted("UnknownKey", "net-conf.json has {} more keys that are not flannel"
+                                             " settings (ignored)."):
+                    keys.findings.append(_warn(
+                        "UnknownKey",
+                        f'net-conf.json key "{key[:40]}" is not a flannel setting and is ignored'
+                        f"{_did_you_mean(key, names)}.",
+                    ))
                 continue
-            if name != key:
-                findings.append(_warn(
+            if name != key and keys.wanted(
+                    "KeyCase", "net-conf.json has {} more keys written in another case than flannel's."):
+                keys.findings.append(_warn(
                     "KeyCase", f'net-conf.json key "{key}" is read as "{name}"; write "{name}".'))
             conf.present[name] = key
             setter, takes_null = _CONFIG_FIELDS[name]
@@ -370,14 +459,17 @@ def parse_net_conf(text: str, *, arch: str = "amd64") -> NetConfResult:
             if value is None and not takes_null:
                 continue
             try:
-                setter(conf, value)
+                setter(conf, value, memo)
             except _GoError as e:
-                findings.append(_err(
-                    "InvalidField",
-                    f"net-conf.json {name} is invalid: {e}.",
-                    "flannel refuses the whole config ('error parsing subnet config') and every"
-                    " flannel pod crash-loops.",
-                ))
+                if keys.wanted("InvalidField", "net-conf.json has {} more invalid values.",
+                               Severity.ERROR):
+                    keys.findings.append(_err(
+                        "InvalidField",
+                        f"net-conf.json {name} is invalid: {e}.",
+                        "flannel refuses the whole config ('error parsing subnet config') and every"
+                        " flannel pod crash-loops.",
+                    ))
+        findings.extend(keys.done())
         if "Backend" in conf.present:
             conf.backend_given = True
             findings.extend(_backend(conf, backend_raw, arch))
@@ -447,17 +539,21 @@ def _backend(conf: NetConf, raw: object, arch: str) -> list[Finding]:
         found.append(_udp_arch(arch))
     fields = _BACKEND_FIELDS[conf.backend_type]
     names = list(fields)
+    folded = _fold(names)
     values: dict[str, object] = {}
+    keys = _KeyReport()
     for key, value in pairs:
         if _match_field(key, ["Type"]):
             continue
-        name = _match_field(key, names)
+        name = _match_field(key, names, folded)
         if name is None:
-            found.append(_warn(
-                "UnknownKey",
-                f'Backend key "{key[:40]}" is not read by the {conf.backend_type} backend and is'
-                f" ignored{_did_you_mean(key, names)}.",
-            ))
+            if keys.wanted("UnknownKey", f"Backend has {{}} more keys the {conf.backend_type}"
+                                         " backend does not read."):
+                keys.findings.append(_warn(
+                    "UnknownKey",
+                    f'Backend key "{key[:40]}" is not read by the {conf.backend_type} backend and is'
+                    f" ignored{_did_you_mean(key, names)}.",
+                ))
             continue
         if value is None:
             continue
@@ -471,11 +567,14 @@ def _backend(conf: NetConf, raw: object, arch: str) -> list[Finding]:
             else:
                 values[name] = _go_string(value, where)
         except _GoError as e:
-            found.append(_err(
-                "InvalidBackend",
-                f"net-conf.json Backend.{name} is invalid: {e}.",
-                f"flannel fails with 'error decoding {conf.backend_type} backend config'.",
-            ))
+            if keys.wanted("InvalidBackend", "Backend has {} more invalid values.",
+                           Severity.ERROR):
+                keys.findings.append(_err(
+                    "InvalidBackend",
+                    f"net-conf.json Backend.{name} is invalid: {e}.",
+                    f"flannel fails with 'error decoding {conf.backend_type} backend config'.",
+                ))
+    found.extend(keys.done())
     found.extend(_backend_values(conf.backend_type, values))
     return found
 
