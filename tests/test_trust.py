@@ -77,6 +77,21 @@ class TestTLS:
 
 
 class TestLogs:
+    def test_a_mutation_logs_the_podcidr_it_gave(self, plain: ServerProcess) -> None:
+        client = plain.client()
+        size_before = plain.log.stat().st_size
+        resp = client.post("/mutate", json=review(node("logged-node"))).json()["response"]
+        given = json.loads(base64.b64decode(resp["patch"]))[0]["value"]
+        deadline = time.monotonic() + 10
+        while True:  # the line is written before the answer; the file may lag the pipe a moment
+            lines = [json.loads(line) for line in plain.log.read_bytes()[size_before:].splitlines()
+                     if b'"admission"' in line]
+            if lines:
+                break
+            assert time.monotonic() < deadline, "no admission line"
+            time.sleep(0.02)
+        assert lines[-1]["name"] == "logged-node" and lines[-1]["pod_cidrs"] == [given]
+
     def test_logs_never_hold_the_object_or_a_secret_in_it(self, plain: ServerProcess) -> None:
         """A review carrying a large object with a secret-looking value leaves neither in the log."""
         conf = json.loads(net_conf())

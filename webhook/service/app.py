@@ -401,6 +401,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             reason=verdict.reason,
             warnings=len(verdict.warnings),
             latency_ms=round(elapsed * 1000, 3),
+            **_patched(verdict),
         )
         return JSONResponse(finish(adm.uid, verdict))
 
@@ -432,6 +433,17 @@ def add_probe_routes(app: FastAPI, state: ClusterState, metrics: Metrics) -> Non
     @app.get(ROUTE_METRICS)
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _patched(verdict: Verdict) -> dict[str, Any]:
+    """For the admission log line: the podCIDRs a mutation gave (``pod_cidrs``), if it gave any."""
+    for op in verdict.patch or ():
+        value = op.get("value")
+        if op.get("path") == "/spec/podCIDRs" and isinstance(value, list):
+            return {"pod_cidrs": [str(v)[:50] for v in value[:2]]}
+        if op.get("path") == "/spec" and isinstance(value, dict) and isinstance(value.get("podCIDRs"), list):
+            return {"pod_cidrs": [str(v)[:50] for v in value["podCIDRs"][:2]]}
+    return {}
 
 
 async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings,
