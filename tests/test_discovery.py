@@ -342,7 +342,7 @@ def test_only_unset_sources_count_as_none() -> None:
 @pytest.mark.parametrize(("source", "fragment"), [
     pytest.param(flag_source("10.244.0.1/16"), "host bits", id="flag-host-bits"),
     pytest.param(flag_source("10.244.0.0/16,10.245.0.0/16"), "one IPv4 and one IPv6", id="flag-two-v4"),
-    pytest.param(_kcm("bogus").cluster_cidr, "no prefix length", id="kcm-bogus"),
+    pytest.param(_kcm("bogus").cluster_cidr, "is not a CIDR", id="kcm-bogus"),
 ])
 def test_unparsable_values_are_notes_and_do_not_win(source: CidrSource, fragment: str) -> None:
     """A value that does not parse is named in a note and the next source wins."""
