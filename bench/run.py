@@ -222,7 +222,7 @@ def micro(repeat: int) -> dict[str, float]:
 
     from webhook.core.cidr import NodeCidrIndex
     from webhook.core.cidrset import CidrSet
-    from webhook.kube.cluster import NodeWatcher
+    from webhook.kube.watch import NodeWatcher
 
     def per_call(fn: Any, number: int) -> float:
         return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6

@@ -29,7 +29,8 @@ from kube_emulator import (
 from webhook.control.state import ClusterState
 from webhook.core.discovery import Resolution, SourceKind, resolution_from
 from webhook.kube import cluster
-from webhook.kube.cluster import NodeWatcher, api_client, apply_resolution, discover, staleness_note
+from webhook.kube.cluster import api_client, apply_resolution, discover, staleness_note
+from webhook.kube.watch import NodeWatcher
 
 T = TypeVar("T")
 V4 = ipaddress.ip_network("10.244.0.0/16")
@@ -58,8 +59,7 @@ def net(text: str) -> Any:
 def test_public_names_are_pinned() -> None:
     """The module exports exactly its documented API."""
     assert sorted(cluster.__all__) == sorted([
-        "STALENESS_BOUND", "NodeWatcher", "Reflector", "api_client", "apply_resolution", "discover",
-        "staleness_note",
+        "STALENESS_BOUND", "api_client", "apply_resolution", "discover", "staleness_note",
     ])
 
 

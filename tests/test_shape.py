@@ -24,7 +24,7 @@ from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork, NodeCidrIndex
 from webhook.core.cidrset import CidrSet
 from webhook.core.claims import Claim
-from webhook.kube.cluster import LIST_PAGE, NodeWatcher
+from webhook.kube.watch import LIST_PAGE, NodeWatcher
 
 V4 = ipaddress.IPv4Network
 V6 = ipaddress.IPv6Network

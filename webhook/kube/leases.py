@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.control.allocator import StoreUnavailable, lease_name, node_hash
 from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.core.claims import Claim, ClaimBook, newer
-from webhook.kube.cluster import Reflector
+from webhook.kube.watch import Reflector
 
 __all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
 

@@ -2,7 +2,7 @@
 
 kube-controller-manager's pods (its flags), ``kube-system/kubeadm-config``,
 ``kube-system/kube-proxy`` and the guarded flannel ConfigMaps are each listed and
-watched (:class:`ObjectWatcher`, a :class:`~webhook.kube.cluster.Reflector`); after
+watched (:class:`ObjectWatcher`, a :class:`~webhook.kube.watch.Reflector`); after
 every change the pure :func:`webhook.core.discovery.resolution_from` resolves them again
 and :class:`LiveSources` hands the result on. A kubeadm-config edited, a
 controller-manager restarted with new flags, a second flannel ConfigMap that
@@ -21,7 +21,7 @@ from typing import Any
 import kubernetes.client
 
 from webhook.core.discovery import CidrSource, Resolution, resolution_from
-from webhook.kube.cluster import Reflector
+from webhook.kube.watch import Reflector
 
 __all__ = ["LiveSources", "ObjectWatcher", "guarded_order"]
 

@@ -32,11 +32,12 @@ from webhook.control.state import ClusterState
 from webhook.core.claims import ClaimBook
 from webhook.core.discovery import CidrSource, Resolution
 from webhook.kube.assigner import Assigner
-from webhook.kube.cluster import NodeWatcher, Reflector, api_client, apply_resolution, discover
+from webhook.kube.cluster import api_client, apply_resolution, discover
 from webhook.kube.events import EventRecorder
 from webhook.kube.leader import LeaderElector
 from webhook.kube.leases import LeaseStore, LeaseWatcher
 from webhook.kube.sources import LiveSources, guarded_order
+from webhook.kube.watch import NodeWatcher, Reflector
 from webhook.service import limits
 from webhook.service.app import create_app
 from webhook.service.certs import CertReloader, server_ssl_context
