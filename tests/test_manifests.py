@@ -43,7 +43,7 @@ from webhook.core.constants import (
     TLS_SECRET,
 )
 from webhook.service import certs
-from webhook.service.app import Metrics
+from webhook.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"

@@ -25,7 +25,7 @@ from webhook import __version__
 from webhook.core.cidrset import CidrSet
 from webhook.core.constants import NAMESPACE, SERVICE
 from webhook.service import certs
-from webhook.service.app import Metrics, pool_blocks
+from webhook.service.metrics import Metrics, pool_blocks
 
 
 def samples(text: str, name: str) -> dict[str, float]:

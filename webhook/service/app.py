@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import platform
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import structlog
@@ -20,22 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.requests import ClientDisconnect
 
-from webhook import __version__
 from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
 from webhook.control.claimer import Claimer
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
-from webhook.core.cidr import IPNetwork
 from webhook.core.claims import suggest_free
 from webhook.core.constants import (
     ROUTE_HEALTHZ,
@@ -52,154 +43,13 @@ from webhook.kube.cluster import staleness_note
 from webhook.kube.events import EventRecorder
 from webhook.service import limits
 from webhook.service.admission import AdmissionRequest, BadReview, finish, parse_review
+from webhook.service.metrics import Metrics
 
-__all__ = ["BodyBudget", "Metrics", "create_app"]
+__all__ = ["BodyBudget", "create_app"]
 
 log = structlog.get_logger("flannel_guard")
 
 Reviewer = Callable[[ReviewInput], Awaitable[Verdict]]
-
-
-class Metrics:
-    """Prometheus metrics of one app (its own registry, so tests can build many apps).
-
-    Counters and the latency histogram are updated per request; what describes the
-    process's knowledge (the node block pool, readiness, the cluster-cidr sources'
-    agreement, the API's last word) is read at scrape time by :class:`_StateCollector`
-    once :meth:`observe` has been given the state.
-    """
-
-    #: Up to 10 s: past the webhooks' 5 s timeoutSeconds, so a slow answer the API server
-    #: gave up on is still told apart from one that made it.
-    LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                       1.0, 2.5, 5.0, 10.0)
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "flannel_guard_admission_requests",
-            "Admission reviews answered, by kind, operation and verdict.",
-            ["webhook", "kind", "operation", "verdict"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "flannel_guard_admission_duration_seconds",
-            "Time to answer one admission review.",
-            ["webhook", "kind"],
-            buckets=self.LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.bad_requests = Counter(
-            "flannel_guard_bad_requests",
-            "Requests refused with HTTP 4xx before review, by status.",
-            ["status"],
-            registry=self.registry,
-        )
-        self.claims = Counter(
-            "flannel_guard_claims",
-            "PodCIDR claims of validated Node writes, by outcome (claimed, known, dry-run,"
-            " conflict, unavailable).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.internal_errors = Counter(
-            "flannel_guard_internal_errors",
-            "Reviews that raised inside flannel-guard (answered by failure stance).",
-            ["webhook"],
-            registry=self.registry,
-        )
-        self.build_info = Gauge(
-            "flannel_guard_build_info",
-            "Always 1; the labels say which flannel-guard and Python serve.",
-            ["version", "python_version"],
-            registry=self.registry,
-        )
-        self.build_info.labels(__version__, platform.python_version()).set(1)
-        self._state_collector: _StateCollector | None = None
-
-    def observe(self, state: ClusterState, allocator: Callable[[], object | None]) -> None:
-        """Export ``state`` and the pool of ``allocator()`` (read at each scrape) from now on."""
-        if self._state_collector is None:
-            self._state_collector = _StateCollector(state, allocator)
-            self.registry.register(self._state_collector)
-
-
-def pool_blocks(cidr_set: Any, nodes: Iterable[IPNetwork]) -> tuple[int, int, int]:
-    """``(used, reserved, free)`` node blocks of one CidrSet: pure, over its counters.
-
-    ``used``: blocks a Node's podCIDR covers (each block counted once, however many
-    nodes overlap it); ``reserved``: blocks the set holds that no Node covers yet
-    (reservations of the mutating webhook); ``free``: the rest, what can still be
-    handed out. They add up to the set's capacity.
-    """
-    cluster, mask = cidr_set.cluster, cidr_set.mask
-    base, shift = int(cluster.network_address), cluster.max_prefixlen - mask
-    last = int(cluster.broadcast_address)
-    spans: list[tuple[int, int]] = []
-    for net in nodes:
-        if net.version != cluster.version or not net.overlaps(cluster):
-            continue
-        first = (max(int(net.network_address), base) - base) >> shift
-        end = (min(int(net.broadcast_address), last) - base) >> shift
-        spans.append((first, end))
-    used = 0
-    reach = -1
-    for first, end in sorted(spans):
-        if end > reach:
-            used += end - max(first, reach + 1) + 1
-            reach = end
-    capacity, free = cidr_set.capacity, cidr_set.free
-    used = min(used, capacity - free)
-    return used, capacity - free - used, free
-
-
-class _StateCollector(Collector):
-    """Gauges read from the serving state when Prometheus scrapes (no bookkeeping per request)."""
-
-    def __init__(self, state: ClusterState, allocator: Callable[[], object | None]) -> None:
-        self._state = state
-        self._allocator = allocator
-
-    def describe(self) -> list[Metric]:
-        return []  # read at scrape time: nothing to check at registration
-
-    def collect(self) -> Iterator[Metric]:
-        state = self._state
-        yield GaugeMetricFamily("flannel_guard_ready",
-                                "1 once the node index is loaded and until shutdown begins.",
-                                value=1 if state.ready else 0)
-        yield GaugeMetricFamily(
-            "flannel_guard_cluster_cidr_sources_disagree",
-            "1 while the cluster-cidr sources (flag, kube-controller-manager, kubeadm-config,"
-            " kube-proxy) name different ranges.", value=1 if state.disputed else 0)
-        if state.last_sync is not None:
-            # On the wall clock, as Prometheus compares it with time().
-            wall = time.time() - (time.monotonic() - state.last_sync)
-            yield GaugeMetricFamily(
-                "flannel_guard_api_last_sync_timestamp_seconds",
-                "Unix time of the last confirmation of the node index by the Kubernetes API.",
-                value=wall)
-        sets = getattr(self._allocator(), "sets", None) or ()
-        if not sets:
-            return
-        capacity = GaugeMetricFamily(
-            "flannel_guard_pool_capacity_blocks",
-            "Node podCIDR blocks the cluster-cidr holds at the node mask size.",
-            labels=["cluster_cidr", "mask"])
-        blocks = GaugeMetricFamily(
-            "flannel_guard_pool_blocks",
-            "Node podCIDR blocks of the cluster-cidr by state: used by a Node, reserved for a"
-            " Node not seen yet, free.", labels=["cluster_cidr", "state"])
-        nodes = [net for _, cidrs in state.index.nodes() for net in cidrs]
-        for cidr_set in sets:
-            name = str(cidr_set.cluster)
-            capacity.add_metric([name, str(cidr_set.mask)], cidr_set.capacity)
-            used, reserved, free = pool_blocks(cidr_set, nodes)
-            blocks.add_metric([name, "used"], used)
-            blocks.add_metric([name, "reserved"], reserved)
-            blocks.add_metric([name, "free"], free)
-        yield capacity
-        yield blocks
 
 
 def _bad(status: int, message: str, metrics: Metrics,

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
-from webhook.service.app import Metrics, add_probe_routes
+from webhook.service.app import add_probe_routes
+from webhook.service.metrics import Metrics
 
 __all__ = ["ProbeServer", "build_probe_server", "probe_app"]
 
