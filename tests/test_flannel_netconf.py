@@ -97,8 +97,11 @@ CASES = [
      '"DirectRouting": "yes"}}', {"InvalidBackend"}, set()),
     ("vxlan-vni-too-big", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
      {"InvalidBackend"}, set()),
+    # flannel starts with these: netlink sets IFLA_VXLAN_PORT only when Port > 0, as a uint16.
     ("vxlan-port-out-of-range", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", '
-     '"Port": 70000}}', {"InvalidBackend"}, set()),
+     '"Port": 70000}}', set(), {"PortOutOfRange"}),
+    ("vxlan-port-negative", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", '
+     '"Port": -1}}', set(), {"PortOutOfRange"}),
     ("vxlan-unknown-field", '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VINI": 2}}',
      set(), {"UnknownKey"}),
     # pkg/backend/ipsec/ipsec.go: minPasswordLength = 96.
@@ -106,6 +109,20 @@ CASES = [
      {"InvalidBackend"}, set()),
     ("ipsec-good-psk", '{"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec", "PSK": "'
      + "a" * 96 + '"}}', set(), set()),
+    # Go's len() counts bytes: 48 two-byte characters are 96 bytes.
+    ("ipsec-psk-96-bytes-in-48-chars", '{"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec", "PSK": "'
+     + "é" * 48 + '"}}', set(), set()),
+    # pkg/backend/wireguard/device.go: wgtypes.ParseKey, "could not parse psk".
+    ("wireguard-psk-not-a-key", '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", '
+     '"PSK": "hunter2"}}', {"InvalidBackend"}, set()),
+    ("wireguard-psk-a-key", '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", '
+     '"PSK": "' + "A" * 43 + '="}}', set(), set()),
+    # pkg/backend/manager.go: strings.ToLower maps U+0130 to "i".
+    ("backend-type-dotted-capital-i", '{"Network": "10.244.0.0/16", "Backend": {"Type": "\u0130P\u0130P"}}',
+     set(), set()),
+    # pkg/ip/ipnet.go UnmarshalJSON: the raw literal, escapes not decoded, goes to net.ParseCIDR.
+    ("network-with-an-escape", '{"Network": "10.244.0.0\\/16", "Backend": {"Type": "vxlan"}}',
+     {"InvalidField"}, set()),
     # pkg/backend/wireguard/wireguard.go: Mode must be separate, auto, ipv4 or ipv6.
     ("wireguard-bad-mode", '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", '
      '"Mode": "both"}}', {"InvalidBackend"}, set()),
@@ -290,3 +307,23 @@ def test_did_you_mean_is_worked_out_at_most_five_times_per_object(monkeypatch: p
     assert len(text) <= NET_CONF_MAX_BYTES
     parse_net_conf(text)
     assert calls == 10  # five in the config, five in its Backend
+
+
+def test_ip_fields_are_read_as_flannels_parse_ip4_and_parse_ip6():
+    """pkg/ip/ipnet.go ParseIP4 (net.ParseIP, then To4) and ip6net.go ParseIP6 (net.ParseIP),
+    each on the raw literal (UnmarshalJSON only trims the quotes)."""
+    import ipaddress
+
+    def conf(**fields: str):
+        body = ", ".join(f'"{k}": "{v}"' for k, v in fields.items())
+        return parse_net_conf('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network":'
+                              ' "fd00::/56", ' + body + ', "Backend": {"Type": "vxlan"}}')
+
+    mapped = conf(SubnetMin="::ffff:10.244.1.0")
+    assert mapped.conf is not None and mapped.conf.subnet_min == ipaddress.IPv4Address("10.244.1.0")
+    v4_as_v6 = conf(IPv6SubnetMin="10.244.1.0")
+    assert v4_as_v6.conf is not None
+    assert v4_as_v6.conf.ipv6_subnet_min == ipaddress.IPv6Address("::ffff:10.244.1.0")
+    for bad in (r"10.244.1.\u0030", "fe80::1%eth0", "fd00::1"):
+        result = conf(SubnetMin=bad)
+        assert result.conf is None and any(f.severity is Severity.ERROR for f in result.findings), bad

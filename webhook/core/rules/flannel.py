@@ -28,9 +28,13 @@ ignored, ``null`` leaves a plain field alone but is handed to a custom decoder
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import json
+import json.decoder
+import json.scanner
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,15 +157,40 @@ def _reject_constant(name: str) -> object:
     raise _NotJson(f"{name} is not valid JSON")
 
 
+class _Str(str):
+    """A JSON string with its literal as written (``raw``: between the quotes, escapes not decoded).
+
+    Go's ``encoding/json`` hands a custom ``UnmarshalJSON`` the raw bytes of the value, and
+    flannel's ``ip.IP4Net``/``ip.IP4``/``ip.IP6`` only trim the quotes (pkg/ip/ipnet.go,
+    ip6net.go): ``"10.244.0.0\\/16"`` is parsed with its backslash, and refused.
+    """
+
+    raw: str
+
+
+def _scanstring(s: str, end: int, strict: bool = True) -> tuple[str, int]:
+    value, stop = json.decoder.py_scanstring(s, end, strict)  # type: ignore[attr-defined]
+    out = _Str(value)
+    out.raw = s[end:stop - 1]
+    return out, stop
+
+
+def _decoder() -> json.JSONDecoder:
+    decoder = json.JSONDecoder(object_pairs_hook=lambda pairs: _Pairs(pairs), parse_int=_Number,
+                               parse_float=_Number, parse_constant=_reject_constant)
+    decoder.parse_string = _scanstring  # type: ignore[attr-defined]
+    # The pure-Python scanner honours parse_string (net-conf.json is capped at a few KiB).
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder
+
+
+_DECODER = _decoder()
+
+
 def _loads(text: str) -> object:
-    """Parse JSON keeping objects as ordered (key, value) pair lists and numbers as text."""
-    return json.loads(
-        text,
-        object_pairs_hook=lambda pairs: _Pairs(pairs),
-        parse_int=_Number,
-        parse_float=_Number,
-        parse_constant=_reject_constant,
-    )
+    """Parse JSON keeping objects as ordered (key, value) pair lists, numbers as text, and
+    each string value's literal (:class:`_Str`)."""
+    return _DECODER.decode(text)
 
 
 class _Pairs(list[tuple[str, Any]]):
@@ -202,7 +231,9 @@ def _go_string(value: object, where: str) -> str:
 
 
 def _raw_text(value: object) -> str:
-    """What flannel's UnmarshalJSON sees after ``bytes.Trim(j, "\\"")``."""
+    """What flannel's UnmarshalJSON sees after ``bytes.Trim(j, "\\"")``: the literal, undecoded."""
+    if isinstance(value, _Str):
+        return value.raw
     if isinstance(value, str):
         return str(value)
     if value is None:
@@ -226,14 +257,27 @@ def _flannel_cidr(value: object, version: int) -> ParsedCidr:
 
 
 def _flannel_ip(value: object, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """``ip.IP4`` / ``ip.IP6`` UnmarshalJSON."""
+    """``ip.IP4`` / ``ip.IP6`` UnmarshalJSON (pkg/ip/ipnet.go ``ParseIP4``, ip6net.go ``ParseIP6``).
+
+    Both are Go's ``net.ParseIP`` (no zone id). ``ParseIP4`` then takes ``To4()``, so an
+    IPv4-mapped IPv6 address (``::ffff:10.244.1.0``) is its IPv4 address; ``ParseIP6`` takes
+    any address, an IPv4 one as its IPv4-mapped form.
+    """
     raw = _raw_text(value)
     try:
+        if "%" in raw:
+            raise ValueError(raw)
         addr = ipaddress.ip_address(raw)
     except ValueError:
         raise _GoError(f"invalid IP address format {_shown(raw)}") from None
-    if addr.version != version:
-        raise _GoError(f"{_shown(raw)} is not an IPv{version} address")
+    if version == 4:
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is None:
+                raise _GoError(f"invalid IPv4 address format {_shown(raw)}")
+            return addr.ipv4_mapped
+        return addr
+    if isinstance(addr, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(f"::ffff:{addr}")
     return addr
 
 
@@ -250,7 +294,7 @@ def _set(attr: str, decode: Callable[[object], object]) -> _Setter:
         if memo is None or not isinstance(value, str):
             setattr(conf, attr, decode(value))
             return
-        key = (attr, type(value), str(value))
+        key = (attr, type(value), _raw_text(value))
         if key not in memo:
             try:
                 memo[key] = decode(value)
@@ -525,8 +569,9 @@ def _backend(conf: NetConf, raw: object, arch: str) -> list[Finding]:
                         "flannel fails with 'error decoding Backend property of config'.",
                     )]
                 btype = str(value)
-    # pkg/backend/manager.go: GetBackend lower-cases the type.
-    conf.backend_type = btype.lower()
+    # pkg/backend/manager.go: GetBackend lower-cases the type with Go's strings.ToLower, which
+    # maps U+0130 (İ) to "i" (Python's str.lower gives "i" and a combining dot).
+    conf.backend_type = btype.replace("\u0130", "i").lower()
     if conf.backend_type not in BACKENDS:
         return [_err(
             "UnknownBackend",
@@ -590,7 +635,15 @@ def _backend_values(btype: str, values: dict[str, object]) -> list[Finding]:
                 "flannel fails with 'failed to create vxlan device'.", 'use "VNI": 1 (the default).'))
     for port_key in ("Port", "ListenPort", "ListenPortV6"):
         port = values.get(port_key)
-        if isinstance(port, int) and not 0 <= port <= 65535:
+        if not isinstance(port, int) or 0 <= port <= 65535:
+            continue
+        if btype == "vxlan" and port_key == "Port":
+            # flannel starts: netlink sets IFLA_VXLAN_PORT only when Port > 0, as a uint16
+            # (vishvananda/netlink link_linux.go), so say what the device really gets.
+            really = "the kernel's default 8472" if port <= 0 else f"{port % 65536} (as a 16-bit value)"
+            out.append(_warn("PortOutOfRange", f"vxlan Port {port} is not a UDP port: the device uses"
+                                               f" {really}.", fix='write "Port": 8472, or leave it out.'))
+        else:
             out.append(_err("InvalidBackend", f"{btype} {port_key} {port} is not a UDP port (0-65535)."))
     mtu = values.get("MTU")
     if isinstance(mtu, int) and mtu < 0:
@@ -601,16 +654,30 @@ def _backend_values(btype: str, values: dict[str, object]) -> list[Finding]:
             out.append(_err(
                 "InvalidBackend", f"wireguard Mode {_shown(mode)} is not one of {WIREGUARD_MODES}.",
                 "flannel fails with 'no valid Mode configured'."))
+        psk = values.get("PSK")
+        if isinstance(psk, str) and psk and not _wireguard_key(psk):
+            # pkg/backend/wireguard/device.go: wgtypes.ParseKey (base64 of 32 bytes).
+            out.append(_err(
+                "InvalidBackend", "wireguard PSK is not a key (base64 of 32 bytes).",
+                "flannel fails with 'could not parse psk'.", "generate one with `wg genpsk`."))
     if btype == "ipsec":
         psk = values.get("PSK")
-        if not isinstance(psk, str) or len(psk) < IPSEC_MIN_PSK:
+        # pkg/backend/ipsec/ipsec.go: len(cfg.PSK) < minPasswordLength, and Go's len counts bytes.
+        if not isinstance(psk, str) or len(psk.encode()) < IPSEC_MIN_PSK:
             out.append(_err(
                 "InvalidBackend",
-                f"ipsec PSK must be at least {IPSEC_MIN_PSK} characters.",
+                f"ipsec PSK must be at least {IPSEC_MIN_PSK} bytes.",
                 "flannel fails with 'config error, password is too short'.",
                 "generate one with `dd if=/dev/urandom count=48 bs=1 | xxd -p -c 48`.",
             ))
     return out
+
+
+def _wireguard_key(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (ValueError, binascii.Error):
+        return False
 
 
 def _semantics(conf: NetConf) -> list[Finding]:
