@@ -189,7 +189,13 @@ _DECODER = _decoder()
 
 def _loads(text: str) -> object:
     """Parse JSON keeping objects as ordered (key, value) pair lists, numbers as text, and
-    each string value's literal (:class:`_Str`)."""
+    each string value's literal (:class:`_Str`).
+
+    Without a backslash in the text every literal is its value: the C scanner, then.
+    """
+    if "\\" not in text:
+        return json.loads(text, object_pairs_hook=lambda pairs: _Pairs(pairs), parse_int=_Number,
+                          parse_float=_Number, parse_constant=_reject_constant)
     return _DECODER.decode(text)
 
 
