@@ -186,3 +186,23 @@ def test_a_cni_conf_past_its_cap_is_refused_unread():
     findings = run(flannel_configmap(net_conf(), **{"cni-conf.json": cni}), make_view())
     assert error_codes(findings) == ["CNIConfTooLarge"]
     assert f"{len(cni):,} bytes" in findings[0].summary
+
+
+def test_messages_say_what_flannel_really_does_and_fixes_name_the_value():
+    """A wider Network starts flannel (pkg/subnet/kube/kube.go only needs it to contain each
+    podCIDR); a fix that asks for the cluster-cidr names it; a quoted boolean gets its fix."""
+    view = make_view("10.244.0.0/16")
+    wider = review_configmap("CREATE", flannel_configmap(net_conf(Network="10.0.0.0/8")), None, view,
+                             RuleSettings())
+    [mismatch] = [f for f in wider if f.code == "NetworkMismatch"]
+    assert "is wider than it" in mismatch.summary
+    assert "flannel starts" in mismatch.detail and "doesn't contain" not in mismatch.detail
+    missing = review_configmap("CREATE", flannel_configmap('{"Backend": {"Type": "vxlan"}}'), None, view,
+                               RuleSettings())
+    [no_network] = [f for f in missing if f.code == "MissingNetwork"]
+    assert '"Network": "10.244.0.0/16"' in no_network.fix
+    quoted = review_configmap("CREATE", flannel_configmap(
+        '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": "true"}}'), None, view,
+        RuleSettings())
+    [bad] = [f for f in quoted if f.code == "InvalidBackend"]
+    assert bad.fix == 'write "DirectRouting": true (a JSON boolean, without quotes).'

@@ -77,7 +77,7 @@ def review_configmap(
     if not isinstance(text, str):
         return [Finding(Severity.ERROR, "MissingNetConf", f"data.{NET_CONF_KEY} must be a string.")]
     parsed = parse_net_conf(text, arch=settings.arch)
-    findings = list(parsed.findings)
+    findings = [_with_known_cidr(f, view) for f in parsed.findings]
     findings.extend(_review_cni_conf(data))
     if parsed.conf is None:
         return findings
@@ -87,6 +87,18 @@ def review_configmap(
     if operation == "UPDATE" or len(view.nodes):
         findings.extend(_review_stranding(parsed.conf, obj, old, view, operation, settings))
     return findings
+
+
+def _with_known_cidr(finding: Finding, view: ClusterView) -> Finding:
+    """The parser does not know the cluster-cidr; a fix that asks for it gets the value."""
+    if "<the cluster-cidr>" not in finding.fix:
+        return finding
+    version = 6 if "IPv6Network" in finding.summary else 4
+    want = view.cidr_of_family(version)
+    if want is None:
+        return finding
+    return Finding(finding.severity, finding.code, finding.summary, finding.detail,
+                   finding.fix.replace("<the cluster-cidr>", str(want)))
 
 
 def _review_delete(old: dict[str, Any] | None, settings: RuleSettings) -> list[Finding]:
@@ -192,7 +204,7 @@ def _review_networks(conf: NetConf, view: ClusterView, settings: RuleSettings,
         if not enabled:
             out.append(Finding(
                 Severity.ERROR, "FamilyNotInFlannel",
-                f"the cluster-cidr {view.describe_cidr()} has a {family_name_v(version)} part"
+                f"the cluster-cidr {view.describe_cidr()} has an {family_name_v(version)} part"
                 f" {want} but flannel has {enable_key} off {source}.",
                 f"Pods would get no {family_name_v(version)} connectivity across nodes.",
                 f'set "{enable_key}": true and "{key}": "{want}".',
@@ -218,15 +230,23 @@ def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
             f"flannel {key} {have} is wider than the cluster-cidr {want} {source}; accepted by"
             " --network-match contains.",
         )]
-    relation = ("is inside" if have.subnet_of(want) else "overlaps") if have.overlaps(want) \
+    relation = ("is inside" if have.subnet_of(want) else  # type: ignore[arg-type]
+                "is wider than" if have.supernet_of(want) else "overlaps") if have.overlaps(want) \
         else "does not overlap"  # type: ignore[arg-type]
+    if have.supernet_of(want):  # type: ignore[arg-type]
+        # flannel only needs Network to contain each podCIDR (pkg/subnet/kube/kube.go): it starts.
+        detail = (f"flannel starts (its Network contains every podCIDR of {want}), but its routes and"
+                  f" masquerading then cover {have}, addresses outside the cluster's pod range;"
+                  " --network-match contains accepts this on purpose.")
+    else:
+        detail = (f"Every node's podCIDR comes from {want}; flannel then fails with 'subnet \"{have}\""
+                  " specified in the flannel net config doesn't contain ... PodCIDR' and pods cannot"
+                  " reach each other across nodes.")
     return [Finding(
         Severity.ERROR, "NetworkMismatch",
         f"flannel {key} {have} does not match the cluster-cidr {want} {source};"
         f" it {relation} it.",
-        f"Every node's podCIDR comes from {want}; flannel then fails with 'subnet \"{have}\""
-        " specified in the flannel net config doesn't contain ... PodCIDR' and pods cannot"
-        " reach each other across nodes.",
+        detail,
         f'in kube-flannel.yml (ConfigMap kube-flannel-cfg, net-conf.json) write "{key}": "{want}".',
     )]
 

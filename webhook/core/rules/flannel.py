@@ -624,10 +624,23 @@ def _backend(conf: NetConf, raw: object, arch: str) -> list[Finding]:
                     "InvalidBackend",
                     f"net-conf.json Backend.{name} is invalid: {e}.",
                     f"flannel fails with 'error decoding {conf.backend_type} backend config'.",
+                    _typed_fix(name, kind, value),
                 ))
     found.extend(keys.done())
     found.extend(_backend_values(conf.backend_type, values))
     return found
+
+
+def _typed_fix(name: str, kind: str, value: object) -> str:
+    """The value written as the type the backend reads (``"true"`` → ``true``), when it is one."""
+    text = str(value).strip().lower() if isinstance(value, str) and not isinstance(value, _Number) else None
+    if kind == "bool" and text in ("true", "false"):
+        return f'write "{name}": {text} (a JSON boolean, without quotes).'
+    if kind == "int" and text is not None and text.lstrip("-").isdigit():
+        return f'write "{name}": {int(text)} (a JSON number, without quotes).'
+    if kind == "bool":
+        return f'write "{name}": true or false (a JSON boolean).'
+    return ""
 
 
 def _backend_values(btype: str, values: dict[str, object]) -> list[Finding]:
@@ -732,7 +745,7 @@ def _semantics(conf: NetConf) -> list[Finding]:
     if ignored:
         out.append(_warn(
             "IgnoredInKubeMode",
-            f"{', '.join(ignored)} are ignored with --kube-subnet-mgr;"
+            f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored with --kube-subnet-mgr;"
             " kube-controller-manager's --node-cidr-mask-size decides each node's subnet.",
         ))
     etcd = check_network_config(conf)
