@@ -155,11 +155,18 @@ class Reflector:
         if resp is not None:
             with contextlib.suppress(Exception):
                 resp.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
 
     async def run(self, max_cycles: int | None = None) -> None:
         """Keep the index current until stopped, or for ``max_cycles`` cycles (tests)."""
+        try:
+            await self._run(max_cycles)
+        finally:
+            # Its own thread ends with it (stop() only asks: a list in flight still returns).
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+
+    async def _run(self, max_cycles: int | None) -> None:
         while not self._stop.is_set() and (max_cycles is None or self.cycles < max_cycles):
             self.cycles += 1
             try:
