@@ -18,13 +18,13 @@ from webhook.core.cidr import IPNetwork, NodeCidrIndex
 from webhook.core.cidrset import (
     CidrSet,
     CidrSetError,
-    DualStackAllocator,
     InvalidMaskError,
     MaskTooBigError,
     MaskTooSmallError,
     OutOfRangeError,
     RangeExhaustedError,
 )
+from webhook.core.dualstack import DualStackAllocator
 
 
 def net(text: str) -> IPNetwork:
@@ -51,7 +51,7 @@ def check_invariants(s: CidrSet) -> None:
 def test_public_names_are_pinned():
     assert sorted(cidrset.__all__) == sorted([
         "DEFAULT_NODE_MASK_V4", "DEFAULT_NODE_MASK_V6", "MAX_IPV6_MASK_DIFF", "CidrSet", "CidrSetError",
-        "DualStackAllocator", "InvalidMaskError", "MaskTooBigError", "MaskTooSmallError",
+        "InvalidMaskError", "MaskTooBigError", "MaskTooSmallError",
         "OutOfRangeError", "RangeExhaustedError",
     ])
 

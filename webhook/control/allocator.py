@@ -32,8 +32,9 @@ from typing import Protocol
 import structlog
 
 from webhook.core.cidr import IPNetwork, NodeCidrIndex
-from webhook.core.cidrset import CidrSet, DualStackAllocator, RangeExhaustedError
+from webhook.core.cidrset import CidrSet, RangeExhaustedError
 from webhook.core.claims import Claim, ClaimBook
+from webhook.core.dualstack import DualStackAllocator
 
 __all__ = [
     "Allocator",
