@@ -27,7 +27,8 @@ from kube_emulator import (
 )
 
 from webhook.control.state import ClusterState
-from webhook.core.discovery import Resolution, SourceKind, resolution_from
+from webhook.core.discovery import Resolution, SourceKind
+from webhook.core.resolve import resolution_from
 from webhook.kube import cluster
 from webhook.kube.cluster import api_client, apply_resolution, discover, staleness_note
 from webhook.kube.watch import NodeWatcher

@@ -17,8 +17,8 @@ from webhook.core.discovery import (
     from_kube_proxy,
     from_kubeadm_config,
     node_mask_sizes,
-    resolve,
 )
+from webhook.core.resolve import resolve
 
 V4 = ipaddress.ip_network("10.244.0.0/16")
 V6 = ipaddress.ip_network("fd00:10:244::/56")
@@ -30,7 +30,7 @@ def test_public_names_are_pinned() -> None:
     assert sorted(discovery.__all__) == sorted([
         "KUBEADM_API_VERSIONS", "ORDER", "CidrSource", "ControllerManagerFacts", "Resolution",
         "SourceKind", "flag_source", "from_controller_manager_pod", "from_flannel_configmap",
-        "from_kube_proxy", "from_kubeadm_config", "node_mask_sizes", "resolution_from", "resolve",
+        "from_kube_proxy", "from_kubeadm_config", "node_mask_sizes",
     ])
 
 

@@ -32,8 +32,8 @@ from webhook.core.discovery import (
     from_controller_manager_pod,
     from_kube_proxy,
     from_kubeadm_config,
-    resolve,
 )
+from webhook.core.resolve import resolve
 from webhook.core.rules.flannel import parse_net_conf
 from webhook.doctor import (
     ClusterFacts,

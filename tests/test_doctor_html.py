@@ -24,7 +24,8 @@ from doctor_cluster import DoctorKubeApi, flannel_configmap, flannel_node, flann
 from kube_emulator import kcm_pod, kube_proxy_configmap, kubeadm_configmap, kubeconfig_file
 
 from webhook import doctor
-from webhook.core.discovery import from_controller_manager_pod, from_kubeadm_config, resolve
+from webhook.core.discovery import from_controller_manager_pod, from_kubeadm_config
+from webhook.core.resolve import resolve
 from webhook.doctor import ClusterFacts, ConfigMapFacts, NodeFacts, diagnose
 from webhook.doctor.html_report import render_html
 from webhook.doctor.json_report import report_document

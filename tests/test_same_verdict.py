@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 
 from webhook.check import check_documents
 from webhook.core.cidr import NodeCidrIndex
-from webhook.core.discovery import CidrSource, SourceKind, resolve
+from webhook.core.discovery import CidrSource, SourceKind
 from webhook.core.nodemodel import node_model
+from webhook.core.resolve import resolve
 from webhook.core.rules import ClusterView, RuleSettings, Severity
 from webhook.core.rules.node import review_node
 from webhook.doctor import diagnose

@@ -17,7 +17,7 @@ The layers, one module each:
   :mod:`~webhook.doctor.cli` is the command line.
 
 Which cluster-cidr the fixes aim at: the effective one of
-:func:`webhook.core.discovery.resolve` (``--cluster-cidr`` override, then
+:func:`webhook.core.resolve.resolve` (``--cluster-cidr`` override, then
 kube-controller-manager, kubeadm-config, kube-proxy); when no source holds a value
 (``kubeadm init`` without ``--pod-network-cidr``), flannel's own ``Network``.
 Every finding carries its fix twice: as text to paste and as a dict in

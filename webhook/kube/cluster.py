@@ -45,12 +45,8 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
-from webhook.core.discovery import (
-    CidrSource,
-    Resolution,
-    flag_source,
-    resolution_from,
-)
+from webhook.core.discovery import CidrSource, Resolution, flag_source
+from webhook.core.resolve import resolution_from
 
 __all__ = [
     "STALENESS_BOUND",
@@ -110,7 +106,7 @@ async def discover(
     timeout: float = 5.0,
     flannel: Sequence[dict[str, Any]] | None = None,
 ) -> Resolution:
-    """Read every cluster-cidr source the API has and resolve them (:func:`webhook.core.discovery.resolve`).
+    """Read every cluster-cidr source the API has and resolve them (:func:`webhook.core.resolve.resolve`).
 
     ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The three reads
     run concurrently, each in a thread with ``timeout`` seconds (connect and read).

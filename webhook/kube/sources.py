@@ -3,7 +3,7 @@
 kube-controller-manager's pods (its flags), ``kube-system/kubeadm-config``,
 ``kube-system/kube-proxy`` and the guarded flannel ConfigMaps are each listed and
 watched (:class:`ObjectWatcher`, a :class:`~webhook.kube.watch.Reflector`); after
-every change the pure :func:`webhook.core.discovery.resolution_from` resolves them again
+every change the pure :func:`webhook.core.resolve.resolution_from` resolves them again
 and :class:`LiveSources` hands the result on. A kubeadm-config edited, a
 controller-manager restarted with new flags, a second flannel ConfigMap that
 disagrees: each shows in admission responses within a watch event's latency,
@@ -20,7 +20,8 @@ from typing import Any
 
 import kubernetes.client
 
-from webhook.core.discovery import CidrSource, Resolution, resolution_from
+from webhook.core.discovery import CidrSource, Resolution
+from webhook.core.resolve import resolution_from
 from webhook.kube.watch import Reflector
 
 __all__ = ["LiveSources", "ObjectWatcher", "guarded_order"]

@@ -10,6 +10,7 @@ loop's thread: the worker thread parses, the loop applies.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import contextlib
@@ -60,7 +61,7 @@ def _lines(resp: Any) -> Iterator[bytes]:
         yield buffer
 
 
-class Reflector:
+class Reflector(abc.ABC):
     """List + watch one kind of object into memory; :meth:`run` until :meth:`stop` (or ``max_cycles``).
 
     One *cycle* is a list when needed, then one watch request until it ends
@@ -115,6 +116,7 @@ class Reflector:
 
     # -- what subclasses provide -------------------------------------------------------------
 
+    @abc.abstractmethod
     def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
         """The list (or, with ``watch=True``, watch) request, raw (``_preload_content=False``).
 
@@ -122,25 +124,30 @@ class Reflector:
         """
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _parse(self, obj: dict[str, Any]) -> Any:
         """One object reduced to what is kept (None: nothing to keep). Worker thread."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _key(self, obj: dict[str, Any]) -> Any:
         """What a DELETED event removes. Worker thread."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _replace(self, entries: list[Any]) -> None:
         """A (re)list: make memory exactly ``entries``. Event loop thread."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _upsert(self, entry: Any) -> None:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _delete(self, key: Any) -> None:
         raise NotImplementedError
 
-    def _confirmed(self) -> None:
+    def _confirmed(self) -> None:  # noqa: B027 - an optional hook: most reflectors need none
         """The API answered (a list, an event, a bookmark, a clean end of a watch)."""
 
     @property
