@@ -15,10 +15,10 @@ and carries ``response.uid`` equal to ``request.uid``; a denial carries
 from __future__ import annotations
 
 import base64
-import json
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+import orjson
 
 from webhook.core.rules import ReviewInput, Verdict
 
@@ -32,6 +32,7 @@ __all__ = [
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
+OPERATIONS: Final = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 
 
 class BadReview(ValueError):
@@ -42,31 +43,28 @@ class BadReview(ValueError):
         self.status = status
 
 
-class _GVK(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    group: StrictStr = ""
-    version: StrictStr = ""
-    kind: StrictStr
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """The fields of ``request`` that flannel-guard reads (admission/v1 ``AdmissionRequest``).
 
+    A plain record checked by :func:`parse_review` field by field: a typed model library
+    cost more per review than every rule together (bench/RESULTS.md, issue 16), and eight
+    fields need no schema engine.
+    """
 
-class AdmissionRequest(BaseModel):
-    """The fields of ``request`` that flannel-guard reads; the rest is tolerated."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    uid: StrictStr
-    kind: _GVK
-    operation: Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
-    name: StrictStr | None = None
-    namespace: StrictStr | None = None
+    uid: str
+    kind: str
+    operation: str
+    name: str | None = None
+    namespace: str | None = None
     object: dict[str, Any] | None = None
-    oldObject: dict[str, Any] | None = None
-    dryRun: StrictBool = False
-    subResource: StrictStr | None = None
+    oldObject: dict[str, Any] | None = None  # the API's field names
+    dryRun: bool = False
+    subResource: str | None = None
 
     def to_input(self) -> ReviewInput:
         return ReviewInput(
-            kind=self.kind.kind,
+            kind=self.kind,
             operation=self.operation,
             namespace=self.namespace,
             name=self.name,
@@ -74,14 +72,6 @@ class AdmissionRequest(BaseModel):
             old_object=self.oldObject,
             dry_run=self.dryRun,
         )
-
-
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:3]:
-        where = ".".join(str(x) for x in e.get("loc", ())) or "request"
-        parts.append(f"request.{where}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 def _shown(value: object) -> str:
@@ -93,33 +83,64 @@ def _shown(value: object) -> str:
     return "a JSON " + {dict: "object", list: "array", bool: "boolean"}.get(type(value), "number")
 
 
-def _lone_surrogate(doc: object) -> bool:
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except (UnicodeEncodeError, RecursionError):
-        return True
-    return False
+def _field(raw: dict[str, Any], key: str, want: type | tuple[type, ...], what: str, *,
+           required: bool = False) -> Any:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise BadReview(f"invalid AdmissionReview: request.{key}: field required ({what})")
+        return None
+    if not isinstance(value, want) or (want is str and isinstance(value, bool)):
+        raise BadReview(f"invalid AdmissionReview: request.{key}: must be {what}, got {_shown(value)}")
+    return value
+
+
+def _request(raw: dict[str, Any]) -> AdmissionRequest:
+    """The typed request out of ``request``, or :class:`BadReview` naming the first bad field."""
+    uid = _field(raw, "uid", str, "a string", required=True)
+    gvk = _field(raw, "kind", dict, "an object (group, version, kind)", required=True)
+    kind = gvk.get("kind")
+    if not isinstance(kind, str):
+        raise BadReview(f"invalid AdmissionReview: request.kind.kind: must be a string, got {_shown(kind)}")
+    operation = raw.get("operation")
+    if operation not in OPERATIONS:
+        raise BadReview("invalid AdmissionReview: request.operation: must be one of"
+                        f" {', '.join(OPERATIONS)}, got {_shown(operation)}")
+    dry_run = raw.get("dryRun", False)
+    if dry_run is None:
+        dry_run = False
+    if not isinstance(dry_run, bool):
+        raise BadReview(f"invalid AdmissionReview: request.dryRun: must be a boolean, got {_shown(dry_run)}")
+    return AdmissionRequest(
+        uid=uid, kind=kind, operation=operation,
+        name=_field(raw, "name", str, "a string"),
+        namespace=_field(raw, "namespace", str, "a string"),
+        object=_field(raw, "object", dict, "an object"),
+        oldObject=_field(raw, "oldObject", dict, "an object"),
+        dryRun=dry_run,
+        subResource=_field(raw, "subResource", str, "a string"),
+    )
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
-    """Parse a request body into the typed request, or raise :class:`BadReview`."""
+    """Parse a request body into the typed request, or raise :class:`BadReview`.
+
+    orjson reads the bytes as RFC 8259 JSON: invalid UTF-8, a lone UTF-16 surrogate
+    escape (which no UTF-8 answer could carry), NaN/Infinity, nesting past 1,024 levels
+    and trailing garbage are all refused, each in one bounded pass.
+    """
     if not body:
         raise BadReview("empty body: send an AdmissionReview admission.k8s.io/v1 as JSON")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadReview("body is not UTF-8 JSON") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadReview(f"body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except RecursionError:
-        raise BadReview("body is nested too deeply") from None
-    except ValueError as e:  # an integer literal past Python's 4,300-digit conversion limit
-        raise BadReview(f"body is not an AdmissionReview: {str(e)[:80]}") from None
-    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(doc):
-        # "\ud800" parses, but is no character: nothing holding it can be answered in UTF-8.
-        raise BadReview("body has a lone UTF-16 surrogate escape (not Unicode text)")
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if "recursion" in e.msg:
+            raise BadReview("body is nested too deeply") from None
+        if "surrogate" in e.msg and "UTF-8" not in e.msg:
+            raise BadReview("body has a lone UTF-16 surrogate escape (not Unicode text)") from None
+        if "UTF-8" in e.msg:
+            raise BadReview("body is not UTF-8 JSON") from None
+        raise BadReview(f"body is not JSON: {e.msg[:80]} at line {e.lineno} column {e.colno}") from None
     if not isinstance(doc, dict):
         raise BadReview("body must be a JSON object (an AdmissionReview)")
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -132,11 +153,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
     raw = doc.get("request")
     if not isinstance(raw, dict) or not raw:
         raise BadReview("AdmissionReview has no request object")
-    try:
-        request = AdmissionRequest.model_validate(raw)
-    except ValidationError as e:
-        raise BadReview(f"invalid AdmissionReview: {_describe(e)}") from None
-    return request
+    return _request(raw)
 
 
 def finish(uid: str, verdict: Verdict) -> dict[str, Any]:
@@ -152,7 +169,10 @@ def finish(uid: str, verdict: Verdict) -> dict[str, Any]:
         response["warnings"] = list(verdict.warnings)
     if verdict.patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(
-            json.dumps(verdict.patch, separators=(",", ":")).encode()
-        ).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(verdict.patch)).decode()
     return {"apiVersion": API_VERSION, "kind": KIND, "response": response}
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """A response document as JSON bytes (UTF-8, compact)."""
+    return orjson.dumps(document)
