@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 import webhook.service.server
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
+from webhook.service.metrics import Metrics
 
 RESPONSE = json.dumps({
     "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -31,7 +33,13 @@ RESPONSE = json.dumps({
 
 
 def floor_app(*_: Any, **__: Any) -> FastAPI:
+    """The floor's app: the server's own fast path to a handler that reads the body and answers fixed bytes.
+
+    With ``FLOOR_FRAMEWORK=fastapi`` the request goes through a FastAPI route instead (the
+    floor of issue 6's figures, kept as a reference row).
+    """
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = Metrics()  # build_server registers its connection metrics here
 
     @app.post("/validate")
     async def validate(request: Request) -> Response:
@@ -42,6 +50,8 @@ def floor_app(*_: Any, **__: Any) -> FastAPI:
     async def readyz() -> Response:
         return PlainTextResponse("ok")
 
+    fastapi_only = os.environ.get("FLOOR_FRAMEWORK") == "fastapi"
+    app.state.admission_routes = {} if fastapi_only else {"/validate": validate}
     return app
 
 

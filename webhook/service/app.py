@@ -42,10 +42,10 @@ from webhook.core.rules.node import claimed_cidrs, node_name, pod_cidrs
 from webhook.kube.cluster import staleness_note
 from webhook.kube.events import EventRecorder
 from webhook.service import limits
-from webhook.service.admission import AdmissionRequest, BadReview, finish, parse_review
+from webhook.service.admission import AdmissionRequest, BadReview, encode, finish, parse_review
 from webhook.service.metrics import Metrics
 
-__all__ = ["BodyBudget", "create_app"]
+__all__ = ["AdmissionFastPath", "BodyBudget", "create_app"]
 
 log = structlog.get_logger("flannel_guard")
 
@@ -232,17 +232,16 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             return Response(status_code=400)
         verdict = await _run(webhook, reviewer, adm, metrics)
         elapsed = time.perf_counter() - started
-        kind = _kind_label(adm.kind.kind)
+        kind = _kind_label(adm.kind)
         outcome = "allowed" if verdict.allowed else "denied"
         if verdict.allowed and verdict.warnings:
             outcome = "warned"
-        metrics.requests.labels(webhook, kind, adm.operation, outcome).inc()
-        metrics.latency.labels(webhook, kind).observe(elapsed)
+        metrics.answered(webhook, kind, adm.operation, outcome, elapsed)
         log.info(
             "admission",
             webhook=webhook,
             uid=adm.uid[:64],
-            kind=adm.kind.kind[:64],
+            kind=adm.kind[:64],
             namespace=(adm.namespace or "")[:64],
             name=(adm.name or "")[:128],
             operation=adm.operation,
@@ -253,18 +252,45 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             latency_ms=round(elapsed * 1000, 3),
             **_patched(verdict),
         )
-        return JSONResponse(finish(adm.uid, verdict))
+        return Response(encode(finish(adm.uid, verdict)), media_type="application/json")
 
-    @app.post(ROUTE_VALIDATE)
     async def validate_route(request: Request) -> Response:
         return await handle(request, "validate", validate)
 
-    @app.post(ROUTE_MUTATE)
     async def mutate_route(request: Request) -> Response:
         return await handle(request, "mutate", mutate)
 
+    app.post(ROUTE_VALIDATE)(validate_route)
+    app.post(ROUTE_MUTATE)(mutate_route)
+    # The same two handlers, for AdmissionFastPath (what the server runs).
+    app.state.admission_routes = {ROUTE_VALIDATE: validate_route, ROUTE_MUTATE: mutate_route}
     add_probe_routes(app, state, metrics)
     return app
+
+
+class AdmissionFastPath:
+    """The ASGI app the server runs: ``POST /validate`` and ``/mutate`` straight to their handlers.
+
+    Everything else (the probes, /metrics, 404s, 405s) goes to the FastAPI app. A pure
+    ASGI layer, as Starlette advises for per-request work that must be cheap: FastAPI's
+    middleware stack, routing and dependency solving cost more per review than the rules
+    themselves (bench/RESULTS.md, issue 16). The handlers are the very ones FastAPI's
+    routes call, so the two paths cannot answer differently.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.state = app.state
+        self._routes: dict[str, Callable[[Request], Awaitable[Response]]] = app.state.admission_routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self._routes.get(scope["path"])
+            if route is not None:
+                response = await route(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def add_probe_routes(app: FastAPI, state: ClusterState, metrics: Metrics) -> None:
@@ -339,10 +365,10 @@ async def _run(webhook: str, reviewer: Reviewer, adm: AdmissionRequest, metrics:
         return await reviewer(adm.to_input())
     except Exception:
         metrics.internal_errors.labels(webhook).inc()
-        log.exception("review failed", webhook=webhook, uid=adm.uid[:64], kind=adm.kind.kind[:64])
+        log.exception("review failed", webhook=webhook, uid=adm.uid[:64], kind=adm.kind[:64])
         # Nodes: never block registration on our bug. The flannel ConfigMap: refuse, since
         # its webhook is failurePolicy Fail anyway and the operator can retry.
-        allowed = adm.kind.kind != "ConfigMap"
+        allowed = adm.kind != "ConfigMap"
         return Verdict(
             allowed=allowed,
             code=500,
