@@ -10,12 +10,13 @@ this to what flannel strictly needs.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from webhook.core.cidr import IPNetwork
 from webhook.core.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
-from webhook.core.rules.flannel import NetConf, parse_net_conf
+from webhook.core.rules.flannel import NET_CONF_MAX_BYTES, NetConf, NetConfResult, parse_net_conf
 
 __all__ = ["CNI_CONF_KEY", "CNI_CONF_MAX_BYTES", "NET_CONF_KEY", "is_flannel_configmap",
            "review_configmap"]
@@ -76,7 +77,7 @@ def review_configmap(
         )]
     if not isinstance(text, str):
         return [Finding(Severity.ERROR, "MissingNetConf", f"data.{NET_CONF_KEY} must be a string.")]
-    parsed = parse_net_conf(text, arch=settings.arch)
+    parsed = _parsed(text, settings.arch)
     findings = [_with_known_cidr(f, view) for f in parsed.findings]
     findings.extend(_review_cni_conf(data))
     if parsed.conf is None:
@@ -87,6 +88,22 @@ def review_configmap(
     if operation == "UPDATE" or len(view.nodes):
         findings.extend(_review_stranding(parsed.conf, obj, old, view, operation, settings))
     return findings
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_within_cap(text: str, arch: str) -> NetConfResult:
+    return parse_net_conf(text, arch=arch)
+
+
+def _parsed(text: str, arch: str) -> NetConfResult:
+    """``parse_net_conf``, remembered by text: the flannel ConfigMap rarely changes between reviews.
+
+    Only texts within flannel-guard's cap are kept (64 of at most 4,096 characters each); a longer one is
+    refused by the parser at once. The result is shared between reviews and only read here.
+    """
+    if len(text) > NET_CONF_MAX_BYTES:
+        return parse_net_conf(text, arch=arch)
+    return _parsed_within_cap(text, arch)
 
 
 def _with_known_cidr(finding: Finding, view: ClusterView) -> Finding:
