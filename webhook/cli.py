@@ -7,6 +7,7 @@ Every flag of ``serve`` also reads ``FLANNEL_GUARD_<FLAG>`` from the environment
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -36,6 +37,16 @@ class UsageError(Exception):
 ENV: Any = None
 
 
+def _dumps(event: dict[str, Any], **kw: Any) -> bytes:
+    """One log line's JSON: orjson, or the standard library for what orjson refuses (a 65-bit int)."""
+    import orjson
+
+    try:
+        return orjson.dumps(event, default=kw.get("default"))
+    except TypeError:
+        return json.dumps(event, **kw).encode()
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON logs, one line per event, on standard error; stdlib loggers rendered the same way."""
     import structlog  # here: ``check`` and ``certs`` print plain text and need none of it
@@ -48,10 +59,11 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            # orjson and bytes straight to the stream: 34 -> 13 µs per admission line (issue 16).
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
     # Libraries (and webhook.service.certs) log through the standard library: same JSON lines.

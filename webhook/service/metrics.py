@@ -78,6 +78,19 @@ class Metrics:
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         self._state_collector: _StateCollector | None = None
+        # The children of the per-request metrics, by label values (a closed set: 2 webhooks,
+        # 3 kinds, 4 operations, 3 verdicts): a label lookup takes a lock and builds a tuple.
+        self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    def answered(self, webhook: str, kind: str, operation: str, verdict: str, seconds: float) -> None:
+        """Count one answered review and observe its latency (``kind``: already a closed label)."""
+        key = (webhook, kind, operation, verdict)
+        children = self._answered.get(key)
+        if children is None:
+            children = self._answered[key] = (self.requests.labels(*key),
+                                              self.latency.labels(webhook, kind))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe(self, state: ClusterState, allocator: Callable[[], object | None]) -> None:
         """Export ``state`` and the pool of ``allocator()`` (read at each scrape) from now on."""
