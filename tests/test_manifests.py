@@ -675,8 +675,9 @@ OPERATOR_ONLY = {"doctor"}
 def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) of each kubernetes-client method used under webhook/.
 
-    A method counts whether it is called (``core.list_node(...)``) or handed on
-    (``asyncio.to_thread(core.read_namespaced_config_map, ...)``). A list is a
+    A method counts whether it is called (``core.list_node(...)``), handed on
+    (``asyncio.to_thread(core.read_namespaced_config_map, ...)``) or named in a string
+    (``raw_request(api, "create_namespaced_lease", path)``, webhook/kube/raw.py). A list is a
     watch too when called with ``watch=True`` or handed to ``Watch().stream``.
     """
     if sources is None:
@@ -688,6 +689,12 @@ def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, s
         tree = ast.parse(text)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in methods:
+                verb, resource = VERB_AND_RESOURCE.match(node.value).groups()
+                assert resource in CLIENT_RESOURCES, f"{filename}: {node.value}: add it to RBAC and here"
+                group, plural = CLIENT_RESOURCES[resource]
+                calls.add((group, plural, CLIENT_VERBS[verb]))
+                continue
             if not (isinstance(node, ast.Attribute) and node.attr in methods):
                 continue
             match = VERB_AND_RESOURCE.match(node.attr)
@@ -722,6 +729,7 @@ core.list_node(watch=True)
 asyncio.to_thread(get, core.read_namespaced_config_map, "kube-system")
 watch.Watch().stream(coord.list_namespaced_lease, "flannel-guard")
 core.list_namespaced_pod("kube-system", label_selector="component=kube-controller-manager")
+raw_request(api, "replace_namespaced_lease", path, body=body)
 path.read_bytes()
 """
     assert api_calls_in_code({"example.py": code}) == {
@@ -730,6 +738,7 @@ path.read_bytes()
         ("", "configmaps", "get"),
         ("coordination.k8s.io", "leases", "list"),
         ("coordination.k8s.io", "leases", "watch"),
+        ("coordination.k8s.io", "leases", "update"),
         ("", "pods", "list"),
     }
 

@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.control.allocator import StoreUnavailable, lease_name, node_hash
 from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.core.claims import Claim, ClaimBook, newer
+from webhook.kube.raw import raw_request
 from webhook.kube.watch import Reflector
 
 __all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
@@ -82,16 +83,26 @@ class LeaseStore:
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, book: ClaimBook, *,
                  duration: int = 600, clock: Any = None) -> None:
-        self._api = kubernetes.client.CoordinationV1Api(api)
+        self._client = api
         self._namespace = namespace
         self._duration = duration
         self.book = book
         self._clock = clock or time.time
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _path(self, name: str | None = None) -> str:
+        base = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
+        return f"{base}/{name}" if name else base
+
+    async def _call(self, operation: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request through the ApiClient's own transport and auth, raw JSON both ways.
+
+        Not the generated ``*_namespaced_lease`` methods: their pydantic ``validate_call``
+        builds and re-serialises a V1Lease per call, ~215 µs of a claimed write's CPU
+        (bench/RESULTS.md, issue 16). Auth (token refresh, client certificates) is the
+        ApiClient's ``param_serialize``, as in those methods.
+        """
         def run() -> dict[str, Any]:
-            resp = fn(*args, _preload_content=False, _request_timeout=_TIMEOUT, **kwargs)
-            data = resp.data
+            data = raw_request(self._client, operation, path, body=body, timeout=_TIMEOUT)
             return json.loads(data) if data else {}
 
         try:
@@ -126,7 +137,7 @@ class LeaseStore:
         """Claim ``cidr`` for ``node``: our new claim, or whoever holds it already (409)."""
         for _ in range(3):
             try:
-                doc = await self._call(self._api.create_namespaced_lease, self._namespace,
+                doc = await self._call("create_namespaced_lease", self._path(),
                                        self._body(cidr, node, self._clock()))
                 claim = self._learn(doc)
                 if claim is None:  # an API that answers without the object: trust our own body
@@ -137,7 +148,7 @@ class LeaseStore:
                 if e.status != 409:
                     raise _unavailable("create", e) from e
             try:
-                held = await self._call(self._api.read_namespaced_lease, lease_name(cidr), self._namespace)
+                held = await self._call("read_namespaced_lease", self._path(lease_name(cidr)))
             except ApiException as e:
                 if e.status == 404:
                     continue  # reclaimed between our create and our read: try again
@@ -157,8 +168,7 @@ class LeaseStore:
             if claim.version:
                 body["metadata"]["resourceVersion"] = claim.version
             try:
-                doc = await self._call(self._api.replace_namespaced_lease, lease_name(claim.cidr),
-                                       self._namespace, body)
+                doc = await self._call("replace_namespaced_lease", self._path(lease_name(claim.cidr)), body)
                 return self._learn(doc)
             except ApiException as e:
                 if e.status == 404:
@@ -169,8 +179,7 @@ class LeaseStore:
             # 409: our version is old (another replica renewed it): read, and renew once more if
             # the node still holds it.
             try:
-                held = claim_of(await self._call(self._api.read_namespaced_lease,
-                                                 lease_name(claim.cidr), self._namespace))
+                held = claim_of(await self._call("read_namespaced_lease", self._path(lease_name(claim.cidr))))
             except ApiException as e:
                 if e.status == 404:
                     self.book.drop(claim.cidr, uid=claim.uid)
@@ -192,8 +201,7 @@ class LeaseStore:
                 pre["uid"] = claim.uid
             options = {"preconditions": pre}
         try:
-            await self._call(self._api.delete_namespaced_lease, lease_name(claim.cidr), self._namespace,
-                             body=options or None)
+            await self._call("delete_namespaced_lease", self._path(lease_name(claim.cidr)), options or None)
         except ApiException as e:
             if e.status == 404:
                 self.book.drop(claim.cidr, uid=claim.uid)
