@@ -165,3 +165,45 @@ def called(name: str, operation: str, obj: Obj | None, old: Obj | None) -> bool:
     match = admit(hook, operation, obj, old, kind=kind, resource=f"{kind.lower()}s")
     assert match.errors == 0, f"{name}: {match}"
     return match.called
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One Node write and one Node webhook: sent without matchConditions, and with them."""
+
+    write: Any       # a node_writes.Write
+    hook: str
+    without: Match   # rules only (the manifests without matchConditions)
+    with_: Match     # rules and matchConditions (the manifests as shipped)
+
+
+def node_outcomes(writes: list[Any]) -> list[Outcome]:
+    """Every write against every webhook with a rule on ``nodes``; mutating ones see the object as sent,
+    validating ones the object after mutating admission (``Write.validated``)."""
+    hooks = [h for h in webhooks().values() if any("nodes" in r["resources"] for r in h.rules)]
+    out = []
+    for w in writes:
+        for hook in hooks:
+            obj = w.object if hook.mutating else w.validated
+            args = (hook, w.operation, obj, w.old_object)
+            kw: Obj = {"kind": "Node", "resource": "nodes", "subresource": w.subresource,
+                       "username": w.writer}
+            out.append(Outcome(w, hook.name, admit(*args, **kw, use_conditions=False), admit(*args, **kw)))
+    return out
+
+
+def tally(outcomes: list[Outcome]) -> Obj:
+    """Calls per webhook and per kind of write, without and with matchConditions, and the errors."""
+    hooks: Obj = {}
+    for o in outcomes:
+        h = hooks.setdefault(o.hook, {"without": 0, "with": 0, "errors": 0, "rejected": 0, "by_kind": {}})
+        k = h["by_kind"].setdefault(o.write.kind, {"writes": 0, "without": 0, "with": 0})
+        k["writes"] += 1
+        for key, match in (("without", o.without), ("with", o.with_)):
+            h[key] += match.called
+            k[key] += match.called
+        h["errors"] += o.with_.errors
+        h["rejected"] += o.with_.rejected
+    for h in hooks.values():
+        h["reduction"] = round(1 - h["with"] / h["without"], 4) if h["without"] else 0.0
+    return hooks
