@@ -2,9 +2,11 @@
 
 :func:`node_writes` returns exactly ``n`` writes (default 1,000) of a kubeadm + flannel cluster:
 ten nodes join (three control-plane), then rounds follow until ``n`` writes are made; every
-other round, from the first, is a maintenance round (a drain and reboot of each node, as an upgrade does); in
-every round one node leaves and one or two join. Who writes what, and through which resource,
-is taken from the components themselves:
+other round, from the first, is a maintenance round (a drain and reboot of each node, as an
+upgrade does); in every round one node leaves and one or two join. Who writes what, in which
+order and through which resource, is taken from the components themselves (below); how often
+the optional things happen (the ``P_*`` constants, the status down-sampling, the round
+pattern) are this mix's assumptions, stated where they are defined:
 
 * **Heartbeats are not Node writes.** Since node leases (KEP-589, GA in 1.17) kubelet renews
   a Lease in ``kube-node-lease`` every 10 s; it writes the Node's status only when it changed,
