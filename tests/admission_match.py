@@ -186,8 +186,7 @@ def node_outcomes(writes: list[Any]) -> list[Outcome]:
         for hook in hooks:
             obj = w.object if hook.mutating else w.validated
             args = (hook, w.operation, obj, w.old_object)
-            kw: Obj = {"kind": "Node", "resource": "nodes", "subresource": w.subresource,
-                       "username": w.writer}
+            kw: Obj = {"kind": "Node", "resource": "nodes", "subresource": w.subresource}
             out.append(Outcome(w, hook.name, admit(*args, **kw, use_conditions=False), admit(*args, **kw)))
     return out
 
