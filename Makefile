@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench bench-claims bench-parse soak clean
+.PHONY: all venv run test lint certs bench bench-claims bench-parse bench-match soak clean
 
 all: test
 
@@ -61,3 +61,6 @@ soak: $(STAMP)
 
 bench-parse: $(STAMP)
 	$(BIN)/python bench/parse_cost.py
+
+bench-match: $(STAMP)
+	$(BIN)/python bench/match_calls.py

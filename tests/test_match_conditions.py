@@ -3,50 +3,21 @@
 kube-apiserver evaluates each ``matchConditions`` expression (CEL) with ``object``,
 ``oldObject`` (null on CREATE, ``object`` null on DELETE) and ``request``, and calls
 the webhook only when all are true (Kubernetes ``staging/src/k8s.io/apiserver/pkg/
-admission/plugin/webhook/matchconditions``). Here the expressions from manifests/
-run under cel-python, an implementation of the CEL specification (kube-apiserver uses
-cel-go; the expressions use only the specification's core: ``has``, ``in``,
-``exists``, ``startsWith``, list equality).
+admission/plugin/webhook/matchconditions``). The expressions are read from manifests/
+and run under cel-python by tests/admission_match.py (shared with bench/match_calls.py).
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
-import celpy
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
+from admission_match import VALIDATE_NODES, called, expressions
 
 Obj = dict[str, Any]
 
-
-def expressions() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for doc in yaml.safe_load_all((ROOT / "manifests" / "base" / "webhooks.yaml").read_text()):
-        for hook in doc["webhooks"]:
-            found[hook["name"]] = [m["expression"] for m in hook.get("matchConditions", [])]
-    (patch,) = yaml.safe_load((ROOT / "manifests" / "components" / "fix-network" / "configmap-webhook.yaml")
-                              .read_text())
-    found[patch["value"]["name"]] = [m["expression"] for m in patch["value"]["matchConditions"]]
-    return found
-
-
 EXPRESSIONS = expressions()
-
-
-def called(hook: str, operation: str, obj: Obj | None, old: Obj | None) -> bool:
-    """Whether kube-apiserver would call ``hook`` for this request."""
-    env = celpy.Environment()
-    activation = {"request": celpy.json_to_cel({"operation": operation}),
-                  "object": celpy.json_to_cel(obj), "oldObject": celpy.json_to_cel(old)}
-    results = [env.program(env.compile(e)).evaluate(activation) for e in EXPRESSIONS[hook]]
-    for r in results:
-        assert isinstance(r, celpy.celtypes.BoolType), f"{hook}: {r!r}"
-    return all(results)
 
 
 def node(cidr: str | None = None, annotations: dict[str, str] | None = None, **spec: Any) -> Obj:
@@ -60,7 +31,6 @@ def node(cidr: str | None = None, annotations: dict[str, str] | None = None, **s
 
 
 FLANNEL_IP = "flannel.alpha.coreos.com/public-ip"
-VALIDATE_NODES = "nodes.flannel-guard.io"
 
 
 def test_every_webhook_with_conditions_is_covered() -> None:
