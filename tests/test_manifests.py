@@ -694,6 +694,12 @@ def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, s
                 assert resource in CLIENT_RESOURCES, f"{filename}: {node.value}: add it to RBAC and here"
                 group, plural = CLIENT_RESOURCES[resource]
                 calls.add((group, plural, CLIENT_VERBS[verb]))
+                parent = parents.get(node)
+                if verb == "list" and isinstance(parent, ast.Call) and any(
+                    k.arg == "watch" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in parent.keywords
+                ):
+                    calls.add((group, plural, "watch"))
                 continue
             if not (isinstance(node, ast.Attribute) and node.attr in methods):
                 continue
@@ -730,6 +736,7 @@ asyncio.to_thread(get, core.read_namespaced_config_map, "kube-system")
 watch.Watch().stream(coord.list_namespaced_lease, "flannel-guard")
 core.list_namespaced_pod("kube-system", label_selector="component=kube-controller-manager")
 raw_request(api, "replace_namespaced_lease", path, body=body)
+raw_response(api, "list_namespaced_config_map", path, watch=True)
 path.read_bytes()
 """
     assert api_calls_in_code({"example.py": code}) == {
@@ -739,6 +746,8 @@ path.read_bytes()
         ("coordination.k8s.io", "leases", "list"),
         ("coordination.k8s.io", "leases", "watch"),
         ("coordination.k8s.io", "leases", "update"),
+        ("", "configmaps", "list"),
+        ("", "configmaps", "watch"),
         ("", "pods", "list"),
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from urllib.parse import quote
 
 import kubernetes.client
 import structlog
@@ -28,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
 from webhook.control.state import ClusterState
 from webhook.kube.events import EventRecorder
+from webhook.kube.raw import raw_request
 
 __all__ = ["Assigner"]
 
@@ -40,7 +42,7 @@ class Assigner:
     def __init__(self, api: kubernetes.client.ApiClient, state: ClusterState,
                  allocator: Callable[[], Allocator | None], *, enabled: Callable[[], bool],
                  events: EventRecorder | None = None, batch: int = 100, interval: float = 10.0) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
+        self._api = api
         self._state = state
         self._allocator = allocator
         self._enabled = enabled
@@ -95,9 +97,9 @@ class Assigner:
     async def _patch(self, name: str, cidrs: list[str]) -> bool:
         body = {"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}}
         try:
-            await asyncio.to_thread(self._core.patch_node, name, body,
-                                    _content_type="application/merge-patch+json",
-                                    _request_timeout=(5.0, 10.0), _preload_content=False)
+            await asyncio.to_thread(raw_request, self._api, "patch_node", f"/api/v1/nodes/{quote(name)}",
+                                    body=body, content_type="application/merge-patch+json",
+                                    timeout=(5.0, 10.0))
         except ApiException as e:
             # 404: the node is gone (its claims are released with it); 422/403/409: another
             # writer set it meanwhile, or a webhook refused: the watch shows what it has now.

@@ -34,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes.client
 import kubernetes.config
@@ -47,6 +48,7 @@ from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
 from webhook.core.discovery import CidrSource, Resolution, flag_source
 from webhook.core.resolve import resolution_from
+from webhook.kube.raw import raw_request
 
 __all__ = [
     "STALENESS_BOUND",
@@ -111,13 +113,10 @@ async def discover(
     ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The three reads
     run concurrently, each in a thread with ``timeout`` seconds (connect and read).
     """
-    core = kubernetes.client.CoreV1Api(api)
-
-    def get(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    def get(what: str, operation: str, path: str, **kwargs: Any) -> tuple[Any, str | None]:
         """(parsed JSON, None) or (None, why this source is absent). Runs in a worker thread."""
         try:
-            resp = call(*args, _preload_content=False, _request_timeout=(timeout, timeout), **kwargs)
-            return json.loads(resp.data), None
+            return json.loads(raw_request(api, operation, path, timeout=(timeout, timeout), **kwargs)), None
         except ApiException as e:
             if e.status == 404:
                 return None, f"{what}: not found (404); source absent"
@@ -128,13 +127,14 @@ async def discover(
             return None, f"{what}: unreachable ({_why(e)}); source absent"
 
     selector = "=".join(_KCM_LABEL)
+    base = f"/api/v1/namespaces/{quote(namespace)}"
     answers = await asyncio.gather(
-        asyncio.to_thread(get, f"pods in {namespace} ({selector})", core.list_namespaced_pod,
-                          namespace, label_selector=selector),
-        asyncio.to_thread(get, f"ConfigMap {namespace}/kubeadm-config", core.read_namespaced_config_map,
-                          "kubeadm-config", namespace),
-        asyncio.to_thread(get, f"ConfigMap {namespace}/kube-proxy", core.read_namespaced_config_map,
-                          "kube-proxy", namespace),
+        asyncio.to_thread(get, f"pods in {namespace} ({selector})", "list_namespaced_pod",
+                          f"{base}/pods", label_selector=selector),
+        asyncio.to_thread(get, f"ConfigMap {namespace}/kubeadm-config", "read_namespaced_config_map",
+                          f"{base}/configmaps/kubeadm-config"),
+        asyncio.to_thread(get, f"ConfigMap {namespace}/kube-proxy", "read_namespaced_config_map",
+                          f"{base}/configmaps/kube-proxy"),
     )
     (pods, kubeadm, proxy) = (doc for doc, _ in answers)
     notes = [note for _, note in answers if note]

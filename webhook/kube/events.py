@@ -24,10 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes.client
 import structlog
 from kubernetes.client.exceptions import ApiException
+
+from webhook.kube.raw import raw_request
 
 __all__ = ["AGGREGATE_SECONDS", "BURST", "REFILL_SECONDS", "EventRecorder", "event_body"]
 
@@ -42,6 +45,7 @@ REFILL_SECONDS = 60.0
 _CACHE = 4096
 #: Where events about cluster-scoped objects (Nodes) live, as kube-controller-manager's.
 NAMESPACE = "default"
+_EVENTS = f"/api/v1/namespaces/{NAMESPACE}/events"
 
 
 def _stamp(at: float) -> str:
@@ -74,7 +78,7 @@ class EventRecorder:
 
     def __init__(self, api: kubernetes.client.ApiClient, instance: str,
                  clock: Callable[[], float] = time.time) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
+        self._api = api
         self._instance = instance
         self._clock = clock
         self._seen: OrderedDict[tuple[str, str, str, str], _Seen] = OrderedDict()
@@ -129,14 +133,14 @@ class EventRecorder:
                 seen.count += 1
                 seen.last = now
                 patch = {"count": seen.count, "lastTimestamp": _stamp(now)}
-                await asyncio.to_thread(self._core.patch_namespaced_event, seen.name, NAMESPACE, patch,
-                                        _request_timeout=(3.0, 5.0), _preload_content=False,
-                                        _content_type="application/merge-patch+json")
+                await asyncio.to_thread(raw_request, self._api, "patch_namespaced_event",
+                                        f"{_EVENTS}/{quote(seen.name)}", body=patch,
+                                        content_type="application/merge-patch+json", timeout=(3.0, 5.0))
                 self.aggregated += 1
                 return
             body = event_body(node, kind, reason, message, now, self._instance)
-            await asyncio.to_thread(self._core.create_namespaced_event, NAMESPACE, body,
-                                    _request_timeout=(3.0, 5.0), _preload_content=False)
+            await asyncio.to_thread(raw_request, self._api, "create_namespaced_event", _EVENTS, body=body,
+                                    timeout=(3.0, 5.0))
             self._seen[key] = _Seen(body["metadata"]["name"], 1, now)
             self._seen.move_to_end(key)
             while len(self._seen) > _CACHE:

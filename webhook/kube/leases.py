@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.control.allocator import StoreUnavailable, lease_name, node_hash
 from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.core.claims import Claim, ClaimBook, newer
-from webhook.kube.raw import raw_request
+from webhook.kube.raw import raw_request, raw_response
 from webhook.kube.watch import Reflector
 
 __all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
@@ -221,15 +221,16 @@ class LeaseWatcher(Reflector):
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, book: ClaimBook,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._api = kubernetes.client.CoordinationV1Api(api)
-        self._namespace = namespace
+        self._api = api
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self._book = book
 
     def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
         if watch:
-            return self._api.list_namespaced_lease(self._namespace, label_selector=SELECTOR, watch=True,
-                                                   **kwargs)
-        return self._api.list_namespaced_lease(self._namespace, label_selector=SELECTOR, **kwargs)
+            return raw_response(self._api, "list_namespaced_lease", self._path, label_selector=SELECTOR,
+                                watch=True, **kwargs)
+        return raw_response(self._api, "list_namespaced_lease", self._path, label_selector=SELECTOR,
+                            **kwargs)
 
     def _parse(self, obj: dict[str, Any]) -> Claim | None:
         return claim_of(obj)

@@ -22,6 +22,7 @@ import kubernetes.client
 
 from webhook.core.discovery import CidrSource, Resolution
 from webhook.core.resolve import resolution_from
+from webhook.kube.raw import raw_response
 from webhook.kube.watch import Reflector
 
 __all__ = ["LiveSources", "ObjectWatcher", "guarded_order"]
@@ -60,7 +61,7 @@ class ObjectWatcher(Reflector):
         super().__init__(**kwargs)
         assert plural in ("pods", "configmaps")
         self.what = f"{plural} {namespace}/{name or label_selector}"
-        self._core = kubernetes.client.CoreV1Api(api)
+        self._api = api
         self._plural = plural
         self._namespace = namespace
         self._selector: dict[str, str] = {}
@@ -73,13 +74,14 @@ class ObjectWatcher(Reflector):
 
     def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
         kwargs.update(self._selector)
+        path = f"/api/v1/namespaces/{self._namespace}/{self._plural}"
         if self._plural == "pods":
             if watch:
-                return self._core.list_namespaced_pod(self._namespace, watch=True, **kwargs)
-            return self._core.list_namespaced_pod(self._namespace, **kwargs)
+                return raw_response(self._api, "list_namespaced_pod", path, watch=True, **kwargs)
+            return raw_response(self._api, "list_namespaced_pod", path, **kwargs)
         if watch:
-            return self._core.list_namespaced_config_map(self._namespace, watch=True, **kwargs)
-        return self._core.list_namespaced_config_map(self._namespace, **kwargs)
+            return raw_response(self._api, "list_namespaced_config_map", path, watch=True, **kwargs)
+        return raw_response(self._api, "list_namespaced_config_map", path, **kwargs)
 
     def _parse(self, obj: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         name = self._key(obj)

@@ -28,6 +28,7 @@ from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
 from webhook.core.nodemodel import node_model, node_name
 from webhook.kube.cluster import _TRANSIENT, _items, _trim, _why, log
+from webhook.kube.raw import raw_response
 
 __all__ = ["LIST_PAGE", "NodeWatcher", "Reflector"]
 
@@ -321,13 +322,13 @@ class NodeWatcher(Reflector):
 
     def __init__(self, api: kubernetes.client.ApiClient, state: ClusterState, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._core = kubernetes.client.CoreV1Api(api)
+        self._api = api
         self._state = state
 
     def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
         if watch:
-            return self._core.list_node(watch=True, **kwargs)
-        return self._core.list_node(**kwargs)
+            return raw_response(self._api, "list_node", "/api/v1/nodes", watch=True, **kwargs)
+        return raw_response(self._api, "list_node", "/api/v1/nodes", **kwargs)
 
     def _parse(self, obj: dict[str, Any]) -> Entry | None:
         return _entry(obj)

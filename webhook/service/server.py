@@ -300,17 +300,19 @@ async def _discover(api: ApiClient, settings: Settings, state: ClusterState) -> 
 
 async def _read_flannel(api: ApiClient, settings: Settings) -> list[dict[str, Any]]:
     """The guarded flannel ConfigMaps that exist, in their deciding order (a start-up read)."""
-    import kubernetes.client
+    from urllib.parse import quote
+
     from kubernetes.client.exceptions import ApiException
 
-    core = kubernetes.client.CoreV1Api(api)
+    from webhook.kube.raw import raw_request
+
     out = []
     for ns, name in guarded_order(settings.rules.flannel_configmaps):
         def read(ns: str = ns, name: str = name) -> dict[str, Any] | None:
             try:
-                resp = core.read_namespaced_config_map(name, ns, _preload_content=False,
-                                                       _request_timeout=(5.0, 5.0))
-                return json.loads(resp.data)
+                return json.loads(raw_request(api, "read_namespaced_config_map",
+                                              f"/api/v1/namespaces/{quote(ns)}/configmaps/{quote(name)}",
+                                              timeout=(5.0, 5.0)))
             except (ApiException, OSError, ValueError):
                 return None  # absent or unreadable: the watch says why and follows it
         doc = await asyncio.to_thread(read)
