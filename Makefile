@@ -52,6 +52,7 @@ include image.mk
 # Benchmarks and the soak run are measured, not asserted: not part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/match_calls.py
 
 bench-claims: $(STAMP)
 	$(BIN)/python bench/claims.py
