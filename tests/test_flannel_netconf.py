@@ -6,8 +6,21 @@ import json
 
 import pytest
 
+from webhook.core.rules import backends, flannel, gojson
 from webhook.core.rules.findings import Severity
 from webhook.core.rules.flannel import NET_CONF_MAX_BYTES, check_network_config, parse_net_conf
+
+
+def test_public_names_are_pinned() -> None:
+    """net-conf.json is read by ParseConfig (flannel), the Backend's decoding and Go's encoding/json."""
+    assert sorted(flannel.__all__) == sorted([
+        "NET_CONF_MAX_BYTES", "NetConf", "NetConfResult", "check_network_config", "parse_net_conf",
+    ])
+    assert sorted(backends.__all__) == sorted([
+        "BACKENDS", "DUAL_STACK_BACKENDS", "IPSEC_MIN_PSK", "VNI_MAX", "WIREGUARD_MODES",
+        "decode_backend", "udp_unsupported",
+    ])
+    assert all(hasattr(module, name) for module in (flannel, backends, gojson) for name in module.__all__)
 
 
 def codes(text: str, arch: str = "amd64") -> tuple[set[str], set[str]]:
