@@ -50,8 +50,18 @@ include system.mk
 include image.mk
 
 # Benchmarks and the soak run are measured, not asserted: not part of `make test`.
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+# The servers under `make bench` run in a venv with the runtime dependencies only, as in the
+# image (the test extra's packages would be imported by the kubernetes client and structlog).
+RUNTIME       := build/runtime
+RUNTIME_STAMP := $(RUNTIME)/.installed-stamp
+
+$(RUNTIME_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+bench: $(STAMP) $(RUNTIME_STAMP)
+	$(BIN)/python bench/run.py --server-python $(RUNTIME)/bin/python
 	$(BIN)/python bench/match_calls.py
 
 bench-claims: $(STAMP)
