@@ -65,6 +65,24 @@ def test_every_flag_with_a_variable_is_in_the_model() -> None:
     assert {n.removeprefix("FLANNEL_GUARD_").lower() for n in BAD} == fields - untyped
 
 
+def test_without_any_variable_the_defaults_are_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No FLANNEL_GUARD_* set: load_environment skips pydantic (check's start-up) and gives what
+    the typed model would."""
+    import os
+
+    from webhook.control.settings import ENV_DEFAULTS, _environment_model
+
+    for name in [n for n in os.environ if n.upper().startswith("FLANNEL_GUARD_")]:
+        monkeypatch.delenv(name)
+    fast = load_environment()
+    assert vars(fast) == ENV_DEFAULTS == _environment_model()().model_dump()
+
+
+def test_an_empty_variable_still_goes_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLANNEL_GUARD_PORT", "")
+    assert load_environment().port == 8443  # empty is ignored, as pydantic-settings' env_ignore_empty
+
+
 @pytest.mark.parametrize("command", [["certs", "--out", "/nonexistent/x"], ["check", "-"], ["serve"]])
 def test_the_command_line_exits_2_with_one_line_before_doing_anything(command: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "webhook", *command], capture_output=True, text=True,

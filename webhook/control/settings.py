@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,33 @@ class EnvironmentError_(ValueError):
     """A ``FLANNEL_GUARD_*`` variable holds a value its flag would refuse (exit 2, one line)."""
 
 
+# Each variable's value when it is not set (the typed model below takes its defaults from here).
+ENV_DEFAULTS: dict[str, Any] = {
+    "cluster_cidr": None,
+    "node_cidr_mask_size": None,
+    "node_cidr_mask_size_ipv6": None,
+    "network_match": "exact",
+    "arch": None,
+    "mode": "enforce",
+    "host": "127.0.0.1",
+    "port": 8443,
+    "probe_port": 0,
+    "tls_cert": None,
+    "tls_key": None,
+    "client_ca": None,
+    "log_level": "info",
+    "allocate": "on",
+    "on_reservation_failure": "admit",
+    "on_claim_failure": "deny",
+    "leader_lease_duration": 15,
+    "reservation_grace": 600.0,
+    "fix_network": False,
+    "cert_reload_interval": 10.0,
+    "shutdown_delay": 0.0,
+    "namespace": None,
+}
+
+
 @functools.cache
 def _environment_model() -> type:
     """The typed model of every ``FLANNEL_GUARD_*`` variable (pydantic-settings, built on first use
@@ -91,28 +119,29 @@ def _environment_model() -> type:
         model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore",
                                           env_ignore_empty=True)
 
-        cluster_cidr: str | None = None
-        node_cidr_mask_size: Annotated[int, Field(ge=1, le=32)] | None = None
-        node_cidr_mask_size_ipv6: Annotated[int, Field(ge=1, le=128)] | None = None
-        network_match: Literal["exact", "contains"] = "exact"
-        arch: str | None = None
-        mode: Literal["enforce", "warn"] = "enforce"
-        host: str = "127.0.0.1"
-        port: Annotated[int, Field(ge=1, le=65535)] = 8443
-        probe_port: Annotated[int, Field(ge=0, le=65535)] = 0
-        tls_cert: Path | None = None
-        tls_key: Path | None = None
-        client_ca: Path | None = None
-        log_level: Literal["debug", "info", "warning", "error"] = "info"
-        allocate: Literal["on", "off"] = "on"
-        on_reservation_failure: Literal["admit", "deny"] = "admit"
-        on_claim_failure: Literal["deny", "admit"] = "deny"
-        leader_lease_duration: Annotated[int, Field(ge=3, le=3600)] = 15
-        reservation_grace: Annotated[float, Field(gt=0, le=86400)] = 600.0
-        fix_network: bool = False
-        cert_reload_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
-        shutdown_delay: Annotated[float, Field(ge=0, le=300)] = 0.0
-        namespace: str | None = None
+        cluster_cidr: str | None = ENV_DEFAULTS["cluster_cidr"]
+        node_cidr_mask_size: Annotated[int, Field(ge=1, le=32)] | None = ENV_DEFAULTS["node_cidr_mask_size"]
+        node_cidr_mask_size_ipv6: Annotated[int, Field(ge=1, le=128)] | None = \
+            ENV_DEFAULTS["node_cidr_mask_size_ipv6"]
+        network_match: Literal["exact", "contains"] = ENV_DEFAULTS["network_match"]
+        arch: str | None = ENV_DEFAULTS["arch"]
+        mode: Literal["enforce", "warn"] = ENV_DEFAULTS["mode"]
+        host: str = ENV_DEFAULTS["host"]
+        port: Annotated[int, Field(ge=1, le=65535)] = ENV_DEFAULTS["port"]
+        probe_port: Annotated[int, Field(ge=0, le=65535)] = ENV_DEFAULTS["probe_port"]
+        tls_cert: Path | None = ENV_DEFAULTS["tls_cert"]
+        tls_key: Path | None = ENV_DEFAULTS["tls_key"]
+        client_ca: Path | None = ENV_DEFAULTS["client_ca"]
+        log_level: Literal["debug", "info", "warning", "error"] = ENV_DEFAULTS["log_level"]
+        allocate: Literal["on", "off"] = ENV_DEFAULTS["allocate"]
+        on_reservation_failure: Literal["admit", "deny"] = ENV_DEFAULTS["on_reservation_failure"]
+        on_claim_failure: Literal["deny", "admit"] = ENV_DEFAULTS["on_claim_failure"]
+        leader_lease_duration: Annotated[int, Field(ge=3, le=3600)] = ENV_DEFAULTS["leader_lease_duration"]
+        reservation_grace: Annotated[float, Field(gt=0, le=86400)] = ENV_DEFAULTS["reservation_grace"]
+        fix_network: bool = ENV_DEFAULTS["fix_network"]
+        cert_reload_interval: Annotated[float, Field(gt=0, le=3600)] = ENV_DEFAULTS["cert_reload_interval"]
+        shutdown_delay: Annotated[float, Field(ge=0, le=300)] = ENV_DEFAULTS["shutdown_delay"]
+        namespace: str | None = ENV_DEFAULTS["namespace"]
 
         @field_validator("cluster_cidr")
         @classmethod
@@ -132,11 +161,14 @@ def _environment_model() -> type:
 
 def load_environment() -> Any:
     """Every ``FLANNEL_GUARD_*`` variable, typed; :class:`EnvironmentError_` names the first bad one."""
+    values = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items()
+              if k.upper().startswith(ENV_PREFIX)}
+    if not values:
+        # Nothing to validate: the defaults, without importing pydantic (most of `check`'s start-up).
+        return types.SimpleNamespace(**ENV_DEFAULTS)
     from pydantic import ValidationError
 
     model = _environment_model()
-    values = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items()
-              if k.upper().startswith(ENV_PREFIX)}
     try:
         return model()
     except ValidationError as e:
