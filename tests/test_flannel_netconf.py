@@ -340,3 +340,34 @@ def test_ip_fields_are_read_as_flannels_parse_ip4_and_parse_ip6():
     for bad in (r"10.244.1.\u0030", "fe80::1%eth0", "fd00::1"):
         result = conf(SubnetMin=bad)
         assert result.conf is None and any(f.severity is Severity.ERROR for f in result.findings), bad
+
+
+@pytest.mark.parametrize("limit", [1000, 2500, 10_000])
+def test_nesting_verdict_does_not_depend_on_the_recursion_limit(limit: int) -> None:
+    """A fixed depth bound (gojson.MAX_DEPTH): celpy raises the interpreter's limit to 2,500 at
+    import, and a 2,000-deep text then parsed in one process and not in another."""
+    import sys
+
+    from webhook.core.rules.gojson import MAX_DEPTH
+
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        deep = parse_net_conf("[" * 2000 + "]" * 2000)
+        shallow = parse_net_conf("[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1))
+    finally:
+        sys.setrecursionlimit(before)
+    assert [f.code for f in deep.findings] == ["NetConfNotJSON"]
+    assert "nested too deeply" in deep.findings[0].summary
+    # Within the bound, parsed as Go's encoding/json parses it (its own bound is 10,000 levels).
+    assert [f.code for f in shallow.findings] == ["NetConfNotObject"]
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    from webhook.core.rules.gojson import MAX_DEPTH, too_deep
+
+    inside = '{"Network": "10.244.0.0/16", "x": "' + "[" * (MAX_DEPTH * 2) + '"}'
+    assert not too_deep(inside)
+    assert not too_deep('{"a": "\\"' + "{" * (MAX_DEPTH * 2) + '"}')
+    assert too_deep("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
+    assert parse_net_conf(inside).conf is not None

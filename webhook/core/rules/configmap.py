@@ -17,6 +17,7 @@ from typing import Any
 from webhook.core.cidr import IPNetwork
 from webhook.core.rules.findings import ClusterView, Finding, NetworkMatch, RuleSettings, Severity
 from webhook.core.rules.flannel import NET_CONF_MAX_BYTES, NetConf, NetConfResult, parse_net_conf
+from webhook.core.rules.gojson import MAX_DEPTH, too_deep
 
 __all__ = ["CNI_CONF_KEY", "CNI_CONF_MAX_BYTES", "NET_CONF_KEY", "is_flannel_configmap",
            "review_configmap"]
@@ -153,6 +154,8 @@ def _review_cni_conf(data: dict[str, Any]) -> list[Finding]:
             "kube-flannel.yml's is about 300 bytes: the flannel and portmap plugins.", fix,
         )]
     try:
+        if isinstance(text, str) and too_deep(text):  # a fixed bound, not the recursion limit
+            raise RecursionError(f"nested more than {MAX_DEPTH} levels")
         doc = json.loads(text) if isinstance(text, str) else None
     except (ValueError, RecursionError) as e:  # ValueError: also a 4,300-digit-plus integer
         where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""

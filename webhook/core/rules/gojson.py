@@ -130,12 +130,46 @@ def _decoder() -> json.JSONDecoder:
 _DECODER = _decoder()
 
 
+#: The deepest nesting read. Go's encoding/json allows 10,000 (``maxNestingDepth`` in
+#: scanner.go); a flannel net-conf.json nests two levels. A fixed bound, not the interpreter's
+#: recursion limit, so that a verdict never depends on what else raised that limit (celpy does).
+MAX_DEPTH = 256
+
+
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``text`` nests arrays and objects more than ``limit`` levels (brackets in strings
+    not counted). Linear; free when the text holds fewer brackets than ``limit``."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
 def loads(text: str) -> object:
     """Parse JSON keeping objects as ordered (key, value) pair lists, numbers as text, and
     each string value's literal (:class:`Str`).
 
     Without a backslash in the text every literal is its value: the C scanner, then.
+    Raises ``RecursionError`` past :data:`MAX_DEPTH` levels, whatever the recursion limit.
     """
+    if too_deep(text):
+        raise RecursionError(f"nested more than {MAX_DEPTH} levels")
     if "\\" not in text:
         return json.loads(text, object_pairs_hook=lambda pairs: Pairs(pairs), parse_int=Number,
                           parse_float=Number, parse_constant=_reject_constant)
