@@ -23,6 +23,7 @@ from kube_emulator import (
     kmock_put,
     kube_proxy_configmap,
     kubeadm_configmap,
+    kubeconfig_file,
     node,
 )
 
@@ -483,3 +484,21 @@ def test_repeated_410_backs_off_instead_of_spinning() -> None:
         assert watcher._gone_streak >= 2
 
     run(_with_watcher(scenario, backoff_initial=0.01, backoff_max=0.05))
+
+
+def test_the_client_does_not_read_the_proxy_environment_before_every_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube_config's token-refresh hook re-applies the config before each request; the client's
+    host setter then re-read every environment variable (urllib's getproxies), ~0.4 ms a call."""
+    import kubernetes.client.configuration
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    api = api_client(kubeconfig_file(tmp_path / "kubeconfig", "https://127.0.0.1:6443"), False)
+    assert api.configuration.proxy == "http://proxy.invalid:3128"  # resolved once, at load
+    calls: list[int] = []
+    monkeypatch.setattr(kubernetes.client.configuration, "getproxies", lambda: calls.append(1) or {})
+    hook = api.configuration.refresh_api_key_hook
+    assert hook is not None
+    hook(api.configuration)  # what the client runs before each request
+    assert calls == []
+    assert api.configuration.proxy == "http://proxy.invalid:3128"
