@@ -90,6 +90,9 @@ CLUSTER_V6 = "fd00:10::/48"
 CLUSTER_CIDR = f"{POOL_V4},{CLUSTER_V6}"
 MASK = "28"
 MASK_V6 = "64"
+# Entries put through the server's bounded caches before the timed run (their bound is 4,096:
+# ClusterState.DEPARTED_MAX, webhook/kube/events.py _CACHE); SOAK_FILL=0 skips it.
+FILL = int(os.environ.get("SOAK_FILL", "4200"))
 WITHOUT = "node-mutate admitted without podCIDR (pool exhausted)"
 SETTLE_SECONDS = 120.0  # after the run: how long the assigning loop has to give every live node one
 PINNED = 16  # nodes that never leave: the overlap denials point at them
@@ -131,10 +134,11 @@ class Soak:
         self.assigned_later: list[float] = []  # seconds each waited for the assigning loop
         self.deleted_unassigned = 0
         self.duplicate_ticks = 0
-        self.pool_timeline: list[tuple[float, int, int, int]] = []
+        # (s, used, reserved, free) blocks of the IPv4 pool, and the connections open, from /metrics.
+        self.pool_timeline: list[tuple[float, int, int, int, int]] = []
         self.pid = 0
         self.rss_timeline: list[tuple[float, int]] = []
-        self.memory_timeline: list[tuple[float, int, int, int, int]] = []
+        self.memory_timeline: list[tuple[float, int, int, int, int, int]] = []
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -339,8 +343,10 @@ class Soak:
                 with contextlib.suppress(httpx.HTTPError):
                     text = (await scraper.get("/metrics")).text
                     blocks = _pool_blocks(text)
+                    conns = next((int(float(line.split()[1])) for line in text.splitlines()
+                                  if line.startswith("flannel_guard_connections_open ")), -1)
                     self.pool_timeline.append((round(time.monotonic() - started, 1), blocks.get("used", -1),
-                                               blocks.get("reserved", -1), blocks.get("free", -1)))
+                                               blocks.get("reserved", -1), blocks.get("free", -1), conns))
                 await asyncio.sleep(5.0)
 
     async def probe(self, port: int, ctx: ssl.SSLContext, stop: asyncio.Event) -> None:
@@ -359,6 +365,74 @@ class Soak:
                 self.new_cert_seen_at = time.monotonic()
 
     # -- the run ---------------------------------------------------------------------------------
+
+    async def fill_caches(self, url: str, ctx: ssl.SSLContext) -> dict[str, Any]:
+        """Before the timed run: the server's bounded caches filled to their bound, as a long run would.
+
+        Found by the RSS split: what grew after the soak's first half was caches of 4,096
+        entries filling (``ClusterState.departed``: recently deleted Nodes; the
+        ``EventRecorder``'s aggregation and rate-limit maps: one entry per node an Event
+        names, forged names included; 3.5 MiB together when full, measured with tracemalloc)
+        and the API thread pool growing to its 32 workers under bursts. At this soak's rates
+        the caches fill after about 440 s and 1,050 s, beyond the half a 600 s run can judge.
+        So: ``FILL`` Nodes with an IPv6 podCIDR (beyond both the allocator's and the probes'
+        reach) created in the API and deleted again, and ``FILL`` Node CREATEs to /mutate with
+        names that never become Nodes (the drain's kind, 32 at a time: the pool exhausts, each
+        gets an Event), then a wait until the server has freed their reservations.
+        """
+        out: dict[str, Any] = {"rss_before_kib": rss_kib(self.pid)}
+        started = time.monotonic()
+        names = [f"fill-{i:05d}" for i in range(FILL)]
+        for i, name in enumerate(names):
+            await self.api.acall(self.api.api.put_node(api_node(name, f"fd00:10:0:{0xe000 + i:x}::/64")))
+        async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=60,
+                                     limits=httpx.Limits(max_connections=32)) as client:
+            async def gauge(cidr: str, state: str) -> int:
+                return _pool_blocks((await client.get("/metrics")).text, cidr).get(state, -1)
+
+            async def until(check: Any, limit: float) -> bool:
+                end = time.monotonic() + limit
+                while time.monotonic() < end:
+                    if await check():
+                        return True
+                    await asyncio.sleep(0.5)
+                return False
+
+            async def seen() -> bool:
+                return await gauge(CLUSTER_V6, "used") >= FILL
+
+            async def forgotten() -> bool:
+                return await gauge(CLUSTER_V6, "used") == 0
+
+            out["nodes_seen"] = await until(seen, 120)
+            for name in names:
+                await self.api.acall(self.api.api.delete_node(name))
+            out["nodes_deleted_seen"] = await until(forgotten, 120)
+            outcomes: Counter[str] = Counter()
+            queue = iter(range(FILL))
+
+            async def register() -> None:
+                for i in queue:
+                    body = review(node(f"fill-forged-{i:05d}"), "CREATE")
+                    try:
+                        r = await self.post(client, "/mutate", body)
+                        resp = r.json().get("response") or {}
+                        outcomes["patched" if "patch" in resp else "no podCIDR" if resp.get("allowed")
+                                 else "denied"] += 1
+                    except httpx.HTTPError as e:
+                        outcomes[type(e).__name__] += 1
+
+            await asyncio.gather(*(register() for _ in range(32)))
+            out["forged_registrations"] = dict(outcomes)
+
+            async def freed() -> bool:
+                return await gauge(POOL_V4, "reserved") == 0
+
+            out["reservations_freed"] = await until(freed, 120)
+        out["seconds"] = round(time.monotonic() - started, 1)
+        out["rss_after_kib"] = rss_kib(self.pid)
+        out["threads_after"] = _memory_parts(self.pid)[3]
+        return out
 
     async def load(self, url: str, ctx: ssl.SSLContext, port: int, bundle_b: certs.CertBundle) -> float:
         stop = asyncio.Event()
@@ -427,10 +501,10 @@ def _settle(soak: Soak) -> dict[str, Any]:
             "without_podcidr_sample": missing[:5]}
 
 
-def _pool_summary(timeline: list[tuple[float, int, int, int]]) -> dict[str, Any]:
+def _pool_summary(timeline: list[tuple[float, int, int, int, int]]) -> dict[str, Any]:
     """How hard the forged reservations pressed on the IPv4 pool (from the /metrics gauges)."""
-    frees = [f for _, _, _, f in timeline if f >= 0]
-    reserved = [r for _, _, r, _ in timeline if r >= 0]
+    frees = [row[3] for row in timeline if row[3] >= 0]
+    reserved = [row[2] for row in timeline if row[2] >= 0]
     return {
         "cidr": POOL_V4, "capacity_blocks": ipaddress.IPv4Network(POOL_V4).num_addresses >> (32 - int(MASK)),
         "samples": len(frees),
@@ -438,7 +512,7 @@ def _pool_summary(timeline: list[tuple[float, int, int, int]]) -> dict[str, Any]
         "free_max": max(frees, default=None),
         "share_of_samples_exhausted": round(sum(f == 0 for f in frees) / len(frees), 3) if frees else None,
         "reserved_max": max(reserved, default=None),
-        "timeline": {"columns": ["s", "used", "reserved", "free"], "rows": timeline},
+        "timeline": {"columns": ["s", "used", "reserved", "free", "connections_open"], "rows": timeline},
     }
 
 
@@ -459,11 +533,11 @@ def _wrong_cidrs(cidrs: list[str]) -> str:
     return ""
 
 
-def _pool_blocks(metrics_text: str) -> dict[str, int]:
-    """``flannel_guard_pool_blocks`` of the IPv4 pool by state, from a /metrics text."""
+def _pool_blocks(metrics_text: str, cidr: str = POOL_V4) -> dict[str, int]:
+    """``flannel_guard_pool_blocks`` of ``cidr`` (the IPv4 pool) by state, from a /metrics text."""
     out = {}
     for line in metrics_text.splitlines():
-        if line.startswith("flannel_guard_pool_blocks{") and f'cluster_cidr="{POOL_V4}"' in line:
+        if line.startswith("flannel_guard_pool_blocks{") and f'cluster_cidr="{cidr}"' in line:
             state = line.split('state="', 1)[1].split('"', 1)[0]
             out[state] = int(float(line.rsplit(maxsplit=1)[1]))
     return out
@@ -502,8 +576,8 @@ def rss_verdict(timeline: list[tuple[float, int]], seconds: float) -> dict[str, 
     }
 
 
-def _memory_parts(pid: int) -> tuple[int, int, int, int]:
-    """(heap, anonymous, file-backed) resident KiB and the thread count of ``pid``, from /proc.
+def _memory_parts(pid: int) -> tuple[int, int, int, int, int]:
+    """(heap, anonymous, file-backed) resident KiB, threads and open fds of ``pid``, from /proc.
 
     glibc's main arena grows the ``[heap]`` (brk); each thread's arena, and every allocation
     above the mmap threshold, is an anonymous mapping: the split says which one grew.
@@ -527,9 +601,10 @@ def _memory_parts(pid: int) -> tuple[int, int, int, int]:
                     files += kib
         threads = next(int(x.split()[1]) for x in Path(f"/proc/{pid}/status").read_text().splitlines()
                        if x.startswith("Threads:"))
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, StopIteration):
-        return 0, 0, 0, 0
-    return heap, anon, files, threads
+        return 0, 0, 0, 0, 0
+    return heap, anon, files, threads, fds
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -578,6 +653,11 @@ def main() -> int:
                 time.sleep(0.1)
             rss_start = rss_kib(proc.pid)
             soak.pid = proc.pid
+            fill: dict[str, Any] = {}
+            if FILL:
+                print(f"soak: filling the server's caches ({FILL} nodes, {FILL} forged registrations)",
+                      file=sys.stderr)
+                fill = asyncio.run(soak.fill_caches(url, ctx))
             attacker = None
             if HOSTILE:
                 (work / "ca-both.crt").write_bytes(bundle_a.ca_cert_pem + bundle_b.ca_cert_pem)
@@ -638,9 +718,10 @@ def main() -> int:
                            "p99": round(_percentile(soak.latencies, 0.99) * 1000, 2),
                            "max": round(max(soak.latencies, default=0) * 1000, 2)},
             "rss_kib": {"start": rss_start, "end": rss_end},
+            "caches_filled_before_the_run": fill or None,
             "rss_kib_timeline": soak.rss_timeline,
             "rss_flat": rss_verdict(soak.rss_timeline, wall),
-            "memory_kib_timeline": {"columns": ["s", "heap", "anon", "file", "threads"],
+            "memory_kib_timeline": {"columns": ["s", "heap", "anon", "file", "threads", "fds"],
                                     "rows": soak.memory_timeline},
             "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
             "tracemalloc_growth_after_warmup": trace_growth if TRACE else None,
