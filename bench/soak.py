@@ -63,9 +63,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import aiohttp.web  # noqa: E402
 import httpx  # noqa: E402
 from conftest import flannel_configmap, net_conf, node, review  # noqa: E402
-from kube_emulator import ApiThread, free_port, kubeconfig_file, rss_kib  # noqa: E402
+from kube_emulator import ApiThread, FakeKubeApi, free_port, kubeconfig_file, rss_kib  # noqa: E402
 from kube_emulator import node as api_node  # noqa: E402
 
 from webhook.service import certs  # noqa: E402
@@ -98,6 +99,25 @@ SETTLE_SECONDS = 120.0  # after the run: how long the assigning loop has to give
 PINNED = 16  # nodes that never leave: the overlap denials point at them
 NS = "flannel-guard"
 OUT = Path(os.environ.get("SOAK_OUT", ROOT / "bench" / "out" / "soak.json"))
+
+
+class SlowLeaseApi(FakeKubeApi):
+    """The emulated API, Lease creates answered ``lease_delay`` seconds late while it is set.
+
+    Only for the fill (:meth:`Soak.fill_caches`): registrations then wait on the API in many
+    threads at once, and the server's API thread pool grows to its 32 workers, as it does
+    over a long run each time a burst meets a slow API.
+    """
+
+    lease_delay = 0.0
+
+    def _middlewares(self) -> list[Any]:
+        @aiohttp.web.middleware
+        async def slow(request: aiohttp.web.Request, handler: Any) -> aiohttp.web.StreamResponse:
+            if self.lease_delay and request.method == "POST" and request.path.endswith("/leases"):
+                await asyncio.sleep(self.lease_delay)
+            return await handler(request)
+        return [slow, *super()._middlewares()]
 
 
 def _bad_bodies() -> list[tuple[str, bytes, str, int]]:
@@ -377,8 +397,10 @@ class Soak:
         the caches fill after about 440 s and 1,050 s, beyond the half a 600 s run can judge.
         So: ``FILL`` Nodes with an IPv6 podCIDR (beyond both the allocator's and the probes'
         reach) created in the API and deleted again, and ``FILL`` Node CREATEs to /mutate with
-        names that never become Nodes (the drain's kind, 32 at a time: the pool exhausts, each
-        gets an Event), then a wait until the server has freed their reservations.
+        names that never become Nodes (the drain's kind, 64 at a time against Lease creates made
+        200 ms slow, :class:`SlowLeaseApi`: the pool exhausts, each gets an Event, the API
+        thread pool grows to its bound), then a wait until the server has freed their
+        reservations.
         """
         out: dict[str, Any] = {"rss_before_kib": rss_kib(self.pid)}
         started = time.monotonic()
@@ -386,7 +408,7 @@ class Soak:
         for i, name in enumerate(names):
             await self.api.acall(self.api.api.put_node(api_node(name, f"fd00:10:0:{0xe000 + i:x}::/64")))
         async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=60,
-                                     limits=httpx.Limits(max_connections=32)) as client:
+                                     limits=httpx.Limits(max_connections=64)) as client:
             async def gauge(cidr: str, state: str) -> int:
                 return _pool_blocks((await client.get("/metrics")).text, cidr).get(state, -1)
 
@@ -410,6 +432,7 @@ class Soak:
             out["nodes_deleted_seen"] = await until(forgotten, 120)
             outcomes: Counter[str] = Counter()
             queue = iter(range(FILL))
+            self.api.api.lease_delay = 0.2  # type: ignore[attr-defined]
 
             async def register() -> None:
                 for i in queue:
@@ -422,7 +445,8 @@ class Soak:
                     except httpx.HTTPError as e:
                         outcomes[type(e).__name__] += 1
 
-            await asyncio.gather(*(register() for _ in range(32)))
+            await asyncio.gather(*(register() for _ in range(64)))
+            self.api.api.lease_delay = 0.0  # type: ignore[attr-defined]
             out["forged_registrations"] = dict(outcomes)
 
             async def freed() -> bool:
@@ -621,7 +645,7 @@ def main() -> int:
         certs.write_bundle(bundle_a, work)
         # The caBundle during a rotation holds the old and the new CA.
         ctx = ssl.create_default_context(cadata=(bundle_a.ca_cert_pem + bundle_b.ca_cert_pem).decode())
-        soak = Soak(work, ApiThread())
+        soak = Soak(work, ApiThread(SlowLeaseApi(keep_requests=False)))
         for i in range(PINNED):
             cidr = f"{ipaddress.IPv4Network(POOL_V4).network_address + i * 16}/28"
             soak.pinned[f"pinned-{i:02d}"] = cidr  # the first 16 blocks of the IPv4 pool
