@@ -12,17 +12,22 @@ Each attack is a thread:
   the last byte (one more than the large-body budget holds: that one gets 503);
 * ``forged``: about 5 hostile reviews a second (1.3 MB on average): megabyte kinds, the issue's
   net-conf.json inputs, a list as ``metadata.name``, chunked bodies, Content-Length
-  with Transfer-Encoding, bodies cut off by a disconnect.
+  with Transfer-Encoding, bodies cut off by a disconnect;
+* ``drain``: the issue's pool drain, every ``SOAK_FORGED_PERIOD`` (60) seconds a burst of
+  ``SOAK_FORGED_BURST`` (300) forged Node CREATEs to ``/mutate`` (not dry-run, names that
+  never become Nodes) over 4 keep-alive connections, as fast as they are answered. Each
+  answer that is a patch holds a podCIDR in a reservation Lease until the server frees it
+  (its Node never appeared).
 
-Forged Node CREATEs on ``/mutate`` (the pool drain) are not part of it: that is issue
-15's "pool" item, with its own fix. On SIGTERM it writes what it did and what it got
-back to OUT_JSON.
+On SIGTERM it writes what it did and what it got back to OUT_JSON.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import selectors
 import signal
 import socket
@@ -36,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 BIG = 7 * 1024 * 1024
+BURST = int(os.environ.get("SOAK_FORGED_BURST", "300"))
+PERIOD = float(os.environ.get("SOAK_FORGED_PERIOD", "60"))
+DRAIN_CONNECTIONS = 4
 
 
 class Attacker:
@@ -46,6 +54,8 @@ class Attacker:
         self.stop = threading.Event()
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.bursts: list[dict[str, float]] = []
+        self.t0 = time.monotonic()
 
     def count(self, key: str, n: int = 1) -> None:
         with self.lock:
@@ -146,9 +156,54 @@ class Attacker:
                 self.count(f"forged {label} -> {type(e).__name__}")
             time.sleep(0.2)
 
+    def drain(self) -> None:
+        burst = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            before = self.counts.copy()
+            workers = [threading.Thread(target=self._drain_some, args=(f"forged-{burst}-{k}", k), daemon=True)
+                       for k in range(DRAIN_CONNECTIONS)]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            took = time.monotonic() - started
+            with self.lock:
+                got = {k.removeprefix("drain "): v - before.get(k, 0) for k, v in self.counts.items()
+                       if k.startswith("drain ") and v != before.get(k, 0)}
+                self.bursts.append({"at_s": round(started - self.t0, 1), "took_s": round(took, 2), **got})
+            burst += 1
+            self.stop.wait(max(0.0, PERIOD - took))
+
+    def _drain_some(self, prefix: str, k: int) -> None:
+        """This connection's share of a burst: forged Node CREATEs, one after another, kept alive."""
+        share = BURST // DRAIN_CONNECTIONS + (k < BURST % DRAIN_CONNECTIONS)
+        s: ssl.SSLSocket | None = None
+        for i in range(share):
+            if self.stop.is_set():
+                break
+            name = f"{prefix}-{i}-{uuid.uuid4().hex[:8]}"
+            node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {}}
+            body = _review(node, dry_run=False)
+            try:
+                if s is None:
+                    s = self.tls()
+                    s.settimeout(30)
+                s.sendall(_head("/mutate", len(body)) + body)
+                status, answer = _response(s)
+                self.count(f"drain {_drain_outcome(status, answer)}")
+            except OSError as e:
+                self.count(f"drain {type(e).__name__}")
+                if s is not None:
+                    s.close()
+                s = None
+        if s is not None:
+            s.close()
+
     def run(self, out: Path) -> None:
+        self.t0 = time.monotonic()
         threads = [threading.Thread(target=f, daemon=True) for f in
-                   (self.bare, self.slow, self.held, self.forged)]
+                   (self.bare, self.slow, self.held, self.forged, self.drain)]
         for t in threads:
             t.start()
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -159,7 +214,7 @@ class Attacker:
         lifetime = counts.pop("bare lifetime ms", 0)
         closed = counts.get("bare closed by server", 0)
         counts["bare mean lifetime s"] = round(lifetime / closed / 1000, 2) if closed else None
-        out.write_text(json.dumps(counts, indent=2) + "\n")
+        out.write_text(json.dumps({**counts, "drain bursts": self.bursts}, indent=2) + "\n")
 
 
 def _head(path: str, length: int | None, *extra: str) -> bytes:
@@ -179,11 +234,49 @@ def _status(s: ssl.SSLSocket) -> int:
     return int(data.split(b" ", 2)[1])
 
 
-def _review(obj: dict[str, Any], kind: str | None = None) -> bytes:
+def _response(s: ssl.SSLSocket) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of one keep-alive answer (the server sends Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("closed without an answer")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("closed mid-answer")
+        rest += chunk
+    try:
+        answer = json.loads(rest[:length])
+    except ValueError:
+        answer = {}
+    return int(head.split(b" ", 2)[1]), answer if isinstance(answer, dict) else {}
+
+
+def _drain_outcome(status: int, answer: dict[str, Any]) -> str:
+    """What a forged Node CREATE got: a podCIDR (a reservation held), none, or something else."""
+    resp = answer.get("response") or {}
+    if status != 200:
+        return f"HTTP {status}"
+    if resp.get("allowed") is not True:
+        return "denied"
+    if "patch" in resp:
+        ops = json.loads(base64.b64decode(resp["patch"]))
+        return "patched" if any(o.get("path") == "/spec/podCIDRs" for o in ops) else "patched, no podCIDR"
+    if any("no free podCIDR" in w for w in resp.get("warnings") or ()):
+        return "admitted without podCIDR (exhausted)"
+    return "admitted, no patch"
+
+
+def _review(obj: dict[str, Any], kind: str | None = None, *, dry_run: bool = True) -> bytes:
     name = (obj.get("metadata") or {}).get("name")
     request = {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": kind or obj["kind"]},
                "operation": "CREATE", "name": name if isinstance(name, str) else None,
-               "namespace": (obj.get("metadata") or {}).get("namespace"), "object": obj, "dryRun": True}
+               "namespace": (obj.get("metadata") or {}).get("namespace"), "object": obj, "dryRun": dry_run}
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                        "request": request}).encode()
 
