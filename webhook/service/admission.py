@@ -90,7 +90,7 @@ def _field(raw: dict[str, Any], key: str, want: type | tuple[type, ...], what: s
         if required:
             raise BadReview(f"invalid AdmissionReview: request.{key}: field required ({what})")
         return None
-    if not isinstance(value, want) or (want is str and isinstance(value, bool)):
+    if not isinstance(value, want):
         raise BadReview(f"invalid AdmissionReview: request.{key}: must be {what}, got {_shown(value)}")
     return value
 
