@@ -6,7 +6,7 @@ import asyncio
 
 from kube_emulator import FakeKubeApi, client_for
 
-from webhook.kube.events import BURST, EventRecorder
+from webhook.kube.events import BURST, GLOBAL_BURST, GLOBAL_PER_SECOND, MAX_IN_FLIGHT, EventRecorder
 
 
 class Clock:
@@ -56,4 +56,34 @@ def test_a_failing_api_never_breaks_the_caller():
         rec.warning("worker-1", "CIDRNotAvailable", "x")
         await rec.flush()
         assert rec.written == 0
+    asyncio.run(scenario())
+
+
+def test_forged_node_names_cannot_make_the_replica_write_unbounded_events():
+    """Issue 15 (found by the soak): each forged Node name cost one Event write to the API, since
+    the spam filter is per node. Across all nodes a replica writes GLOBAL_BURST, then
+    GLOBAL_PER_SECOND a second; and never more than MAX_IN_FLIGHT writes wait on the API."""
+    async def scenario() -> None:
+        async with FakeKubeApi() as api:
+            clock = Clock()
+            rec = EventRecorder(client_for(api.url), "replica-a", clock=clock)
+            names = [f"forged-{i}" for i in range(4 * GLOBAL_BURST)]
+            for start in range(0, len(names), MAX_IN_FLIGHT):
+                for name in names[start:start + MAX_IN_FLIGHT]:
+                    rec.warning(name, "CIDRNotAvailable", "no free podCIDR")
+                await rec.flush()
+            assert len(api.events) == GLOBAL_BURST == rec.written
+            assert rec.dropped == len(names) - GLOBAL_BURST
+            clock.now += 10  # the bucket refills at GLOBAL_PER_SECOND
+            for start in range(0, len(names), MAX_IN_FLIGHT):
+                for name in names[start:start + MAX_IN_FLIGHT]:
+                    rec.warning(name + "-again", "CIDRNotAvailable", "no free podCIDR")
+                await rec.flush()
+            assert rec.written == GLOBAL_BURST + int(10 * GLOBAL_PER_SECOND)
+            # More at once than MAX_IN_FLIGHT: the rest are dropped, not queued.
+            before = rec.dropped
+            for i in range(MAX_IN_FLIGHT + 5):
+                rec.warning(f"burst-{i}", "CIDRNotAvailable", "x")
+            assert rec.dropped == before + 5
+            await rec.flush()
     asyncio.run(scenario())

@@ -32,7 +32,8 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook.kube.raw import raw_request
 
-__all__ = ["AGGREGATE_SECONDS", "BURST", "REFILL_SECONDS", "EventRecorder", "event_body"]
+__all__ = ["AGGREGATE_SECONDS", "BURST", "GLOBAL_BURST", "GLOBAL_PER_SECOND", "MAX_IN_FLIGHT",
+           "REFILL_SECONDS", "EventRecorder", "event_body"]
 
 log = structlog.get_logger("flannel_guard.events")
 
@@ -42,6 +43,13 @@ AGGREGATE_SECONDS = 600.0
 BURST = 10
 #: One more write per object each this many seconds (client-go: one per 5 minutes).
 REFILL_SECONDS = 60.0
+#: Across all objects, the writes of one replica: a burst, then so many a second. Node names
+#: come from reviews, and a caller that reaches the port without --client-ca can forge any
+#: number of them (issue 15): without this each forged name cost one Event write to the API.
+GLOBAL_BURST = 50
+GLOBAL_PER_SECOND = 5.0
+#: Writes in flight at once; past it an Event is dropped rather than queued behind a slow API.
+MAX_IN_FLIGHT = 16
 _CACHE = 4096
 #: Where events about cluster-scoped objects (Nodes) live, as kube-controller-manager's.
 NAMESPACE = "default"
@@ -84,6 +92,7 @@ class EventRecorder:
         self._seen: OrderedDict[tuple[str, str, str, str], _Seen] = OrderedDict()
         self._tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._global = (float(GLOBAL_BURST), clock())
         self.written = 0
         self.aggregated = 0
         self.dropped = 0
@@ -96,6 +105,9 @@ class EventRecorder:
 
     def record(self, node: str, kind: str, reason: str, message: str) -> None:
         if not node or len(node) > 253:
+            return
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            self.dropped += 1
             return
         try:
             task = asyncio.get_running_loop().create_task(self._write(node, kind, reason, message))
@@ -110,6 +122,18 @@ class EventRecorder:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _allow(self, node: str, now: float) -> bool:
+        """The node's own bucket (client-go's spam filter), then the replica's across all nodes."""
+        if not self._allow_node(node, now):
+            return False
+        tokens, at = self._global
+        tokens = min(float(GLOBAL_BURST), tokens + (now - at) * GLOBAL_PER_SECOND)
+        if tokens < 1:
+            self._global = (tokens, now)
+            return False
+        self._global = (tokens - 1, now)
+        return True
+
+    def _allow_node(self, node: str, now: float) -> bool:
         tokens, at = self._tokens.get(node, (float(BURST), now))
         tokens = min(float(BURST), tokens + (now - at) / REFILL_SECONDS)
         if tokens < 1:
