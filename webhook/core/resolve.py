@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from webhook.core.cidr import IPNetwork
-from webhook.core.discovery import (
+from webhook.core.cidrsource import (
     CidrSource,
     ControllerManagerFacts,
     Resolution,
@@ -22,6 +22,8 @@ from webhook.core.discovery import (
     _clip,
     _fit,
     _note,
+)
+from webhook.core.discovery import (
     from_controller_manager_pod,
     from_flannel_configmap,
     from_kube_proxy,
