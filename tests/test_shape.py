@@ -155,6 +155,30 @@ def test_outside_counts_by_bisection_not_by_scanning_the_nodes():
     assert calls(small) == calls(large) == Counter(bisect=4, irange=4)  # irange: the empty sample
 
 
+def test_outside_is_kept_until_the_index_changes_and_never_stale():
+    index = counted_index(1000)
+    networks = [V4("10.0.0.0/16")]  # nodes 256 and up are outside
+    first = index.outside(networks, limit=2)
+    assert calls(index)
+    for _ in range(3):  # every review asks again: no bucket is consulted until a change
+        assert index.outside(networks, limit=2) == first
+        assert calls(index) == Counter()
+    first[1].clear()  # a caller changing its copy changes nothing kept
+    assert index.outside(networks, limit=2) == (1000 - 256, [("node-00256", v4_node(256)),
+                                                             ("node-00257", v4_node(257))])
+    index.remove("node-00256")
+    assert index.outside(networks, limit=2) == (1000 - 257, [("node-00257", v4_node(257)),
+                                                             ("node-00258", v4_node(258))])
+    index.set("node-00256", [v4_node(256)])
+    index.set("node-00999", [v4_node(5)])  # now inside the /16 (a shared CIDR)
+    assert index.outside(networks, limit=2)[0] == 1000 - 257
+    index.set("node-00999", [v4_node(999)])
+    assert index.outside(networks, limit=2)[0] == 1000 - 256
+    for k in range(20):  # many distinct queries: the memo stays small
+        index.outside([V4(f"10.{k}.0.0/16")], limit=1)
+    assert len(index._outside_memo) <= 8
+
+
 def test_outside_names_the_first_nodes_outside_in_address_order():
     index = NodeCidrIndex()
     for i in range(3000):

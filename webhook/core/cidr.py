@@ -179,6 +179,9 @@ class _Bucket:
         return n + sum(c - 1 for s, c in self.shared.items() if lo <= s <= hi)
 
 
+_Outside = tuple[int, list[tuple[str, IPNetwork]]]  # (count, the first few (node, cidr))
+
+
 class NodeCidrIndex:
     """Which node owns which pod CIDR, answering overlap queries in O(P log n).
 
@@ -196,6 +199,10 @@ class NodeCidrIndex:
         self._by_node: dict[str, tuple[IPNetwork, ...]] = {}
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._observers: list[Callable[[str, tuple[IPNetwork, ...], tuple[IPNetwork, ...]], None]] = []
+        # Bumped by every change: answers computed from the content are valid while it stands.
+        self.generation = 0
+        self._outside_memo: dict[tuple[tuple[IPNetwork, ...], int], _Outside] = {}
+        self._outside_generation = -1
 
     def subscribe(
         self, observer: Callable[[str, tuple[IPNetwork, ...], tuple[IPNetwork, ...]], None]
@@ -204,6 +211,7 @@ class NodeCidrIndex:
         self._observers.append(observer)
 
     def _notify(self, node: str, removed: tuple[IPNetwork, ...], added: tuple[IPNetwork, ...]) -> None:
+        self.generation += 1
         for observer in self._observers:
             observer(node, removed, added)
 
@@ -320,7 +328,24 @@ class NodeCidrIndex:
         the starts inside are one contiguous range of each bucket, counted by
         bisection; only the sample is walked. Several networks of one family
         (their union) take a scan.
+
+        Every review asks this (the "outside the cluster-cidr" note, a ConfigMap's
+        stranding check) with the same networks: the answer is kept until the index changes.
         """
+        key = (tuple(networks), limit)
+        if self._outside_generation != self.generation:
+            self._outside_memo.clear()
+            self._outside_generation = self.generation
+        hit = self._outside_memo.get(key)
+        if hit is None:
+            if len(self._outside_memo) >= 8:  # a handful of distinct queries; never grows with callers
+                self._outside_memo.clear()
+            hit = self._outside_memo[key] = self._outside(key[0], limit)
+        return hit[0], list(hit[1])
+
+    def _outside(
+        self, networks: tuple[IPNetwork, ...], limit: int
+    ) -> tuple[int, list[tuple[str, IPNetwork]]]:
         by_version: dict[int, list[IPNetwork]] = {}
         for n in networks:
             by_version.setdefault(n.version, []).append(n)
