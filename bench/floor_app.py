@@ -24,6 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 import webhook.service.server
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
+from webhook.service.app import send_json
 from webhook.service.metrics import Metrics
 
 RESPONSE = json.dumps({
@@ -33,7 +34,7 @@ RESPONSE = json.dumps({
 
 
 def floor_app(*_: Any, **__: Any) -> FastAPI:
-    """The floor's app: the server's own fast path to a handler that reads the body and answers fixed bytes.
+    """The floor: the server's fast path to a bare ASGI handler that reads the body and answers fixed bytes.
 
     With ``FLOOR_FRAMEWORK=fastapi`` the request goes through a FastAPI route instead (the
     floor of issue 6's figures, kept as a reference row).
@@ -42,9 +43,17 @@ def floor_app(*_: Any, **__: Any) -> FastAPI:
     app.state.metrics = Metrics()  # build_server registers its connection metrics here
 
     @app.post("/validate")
-    async def validate(request: Request) -> Response:
+    async def validate_route(request: Request) -> Response:
         await request.body()
         return Response(RESPONSE, media_type="application/json")
+
+    async def validate(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # As the real handlers: the body from ASGI receive, the answer by the same send_json.
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send_json(send, 200, RESPONSE)
 
     @app.get("/readyz")
     async def readyz() -> Response:

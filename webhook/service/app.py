@@ -14,14 +14,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import orjson
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     generate_latest,
 )
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Send
 
 from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
 from webhook.control.claimer import Claimer
@@ -45,7 +47,7 @@ from webhook.service import limits
 from webhook.service.admission import AdmissionRequest, BadReview, encode, finish, parse_review
 from webhook.service.metrics import Metrics
 
-__all__ = ["AdmissionFastPath", "BodyBudget", "create_app"]
+__all__ = ["AdmissionFastPath", "BodyBudget", "create_app", "send_json"]
 
 log = structlog.get_logger("flannel_guard")
 
@@ -53,9 +55,9 @@ Reviewer = Callable[[ReviewInput], Awaitable[Verdict]]
 
 
 def _bad(status: int, message: str, metrics: Metrics,
-         headers: dict[str, str] | None = None) -> JSONResponse:
+         headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str] | None]:
     metrics.bad_requests.labels(str(status)).inc()
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return status, orjson.dumps({"error": message}), headers
 
 
 class _Refused(BadReview):
@@ -107,15 +109,36 @@ class BodyBudget:
             self.in_use -= size
 
 
-async def _read_body(request: Request, limit: int, budget: BodyBudget | None = None,
+class _Head:
+    """The three request headers an admission reads, straight from the ASGI scope (first of each)."""
+
+    __slots__ = ("content_length", "content_type", "transfer_encoding")
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        self.content_type: str | None = None
+        self.content_length: str | None = None
+        self.transfer_encoding = False
+        for name, value in scope["headers"]:  # ASGI: names lower-cased, values latin-1 bytes
+            if name == b"content-type":
+                if self.content_type is None:
+                    self.content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                if self.content_length is None:
+                    self.content_length = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                self.transfer_encoding = True
+
+
+async def _read_body(head: _Head, receive: Receive, limit: int, budget: BodyBudget | None = None,
                      seconds: float = limits.BODY_SECONDS) -> bytes:
     """Read at most ``limit`` bytes within ``seconds``; refuse before reading a body that says it is bigger.
 
     kube-apiserver always sends ``Content-Length``: a chunked body is refused (411), and
     one with both headers too (400; RFC 9112 section 6.3 says close the connection).
+    The body comes from ASGI ``receive`` itself: a Node review arrives in one message.
     """
-    declared = request.headers.get("content-length")
-    if "transfer-encoding" in request.headers:
+    declared = head.content_length
+    if head.transfer_encoding:
         if declared is not None:
             raise _Refused("a request with both Content-Length and Transfer-Encoding is refused",
                            status=400, close=True)
@@ -133,14 +156,30 @@ async def _read_body(request: Request, limit: int, budget: BodyBudget | None = N
         received = 0
         try:
             async with asyncio.timeout(seconds):
-                async for chunk in request.stream():
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":  # http.disconnect
+                        raise ClientDisconnect()
+                    chunk = message.get("body", b"")
                     received += len(chunk)
                     if received > limit:
                         raise _Refused(f"body exceeds the {limit}-byte limit", status=413)
                     chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise _Refused(f"body not received within {seconds:g} s", status=408, close=True) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: bytes,
+                    headers: dict[str, str] | None = None) -> None:
+    """Answer with a JSON body: two ASGI messages, as Starlette's ``Response`` sends them."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _kind_label(kind: str) -> str:
@@ -214,13 +253,16 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
                 return Verdict(allowed=True, patch=fix.patch, warnings=fix.warnings)
         return Verdict(allowed=True)
 
-    async def handle(request: Request, webhook: str, reviewer: Reviewer) -> Response:
+    async def handle(scope: dict[str, Any], receive: Receive, webhook: str,
+                     reviewer: Reviewer) -> tuple[int, bytes, dict[str, str] | None]:
+        """One admission: (status, JSON body, extra headers); the callers send it."""
         started = time.perf_counter()
-        ctype = request.headers.get("content-type", "")
+        head = _Head(scope)
+        ctype = head.content_type or ""
         if ctype.split(";")[0].strip().lower() != "application/json":
             return _bad(415, f"Content-Type must be application/json, got {ctype[:60]!r}", metrics)
         try:
-            body = await _read_body(request, settings.max_body_bytes, budget)
+            body = await _read_body(head, receive, settings.max_body_bytes, budget)
             adm = parse_review(body)
         except _Refused as e:
             return _bad(e.status, str(e), metrics, e.headers)
@@ -229,7 +271,7 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
         except ClientDisconnect:
             # Nobody is left to answer: one line, no traceback (1,500 tracebacks stalled 2.35 s).
             log.debug("client disconnected before its body was read", webhook=webhook)
-            return Response(status_code=400)
+            return 400, b"", None
         verdict = await _run(webhook, reviewer, adm, metrics)
         elapsed = time.perf_counter() - started
         kind = _kind_label(adm.kind)
@@ -252,18 +294,28 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
             latency_ms=round(elapsed * 1000, 3),
             **_patched(verdict),
         )
-        return Response(encode(finish(adm.uid, verdict)), media_type="application/json")
+        return 200, encode(finish(adm.uid, verdict)), None
+
+    async def validate_asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await send_json(send, *await handle(scope, receive, "validate", validate))
+
+    async def mutate_asgi(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await send_json(send, *await handle(scope, receive, "mutate", mutate))
+
+    def as_response(answer: tuple[int, bytes, dict[str, str] | None]) -> Response:
+        status, body, headers = answer
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
 
     async def validate_route(request: Request) -> Response:
-        return await handle(request, "validate", validate)
+        return as_response(await handle(request.scope, request.receive, "validate", validate))
 
     async def mutate_route(request: Request) -> Response:
-        return await handle(request, "mutate", mutate)
+        return as_response(await handle(request.scope, request.receive, "mutate", mutate))
 
     app.post(ROUTE_VALIDATE)(validate_route)
     app.post(ROUTE_MUTATE)(mutate_route)
-    # The same two handlers, for AdmissionFastPath (what the server runs).
-    app.state.admission_routes = {ROUTE_VALIDATE: validate_route, ROUTE_MUTATE: mutate_route}
+    # The same two handlers as bare ASGI apps, for AdmissionFastPath (what the server runs).
+    app.state.admission_routes = {ROUTE_VALIDATE: validate_asgi, ROUTE_MUTATE: mutate_asgi}
     add_probe_routes(app, state, metrics)
     return app
 
@@ -281,14 +333,13 @@ class AdmissionFastPath:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.state = app.state
-        self._routes: dict[str, Callable[[Request], Awaitable[Response]]] = app.state.admission_routes
+        self._routes: dict[str, ASGIApp] = app.state.admission_routes
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = self._routes.get(scope["path"])
             if route is not None:
-                response = await route(Request(scope, receive))
-                await response(scope, receive, send)
+                await route(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
