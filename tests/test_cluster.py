@@ -502,3 +502,22 @@ def test_the_client_does_not_read_the_proxy_environment_before_every_request(
     hook(api.configuration)  # what the client runs before each request
     assert calls == []
     assert api.configuration.proxy == "http://proxy.invalid:3128"
+
+
+def test_the_server_loads_only_the_kubernetes_subpackages_it_uses() -> None:
+    """webhook/kube/__init__.py: kubernetes' eager __init__ (dynamic, stream, informer, watch) is skipped."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webhook.service.server, webhook.kube.leader, webhook.kube.cluster;"
+            " from kubernetes.client import ApiClient, Configuration;"
+            " ApiClient(Configuration()).close();"
+            " print(' '.join(sorted(m for m in sys.modules"
+            " if m.startswith('kubernetes.') and m.count('.') == 1)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    assert out == ["kubernetes.client", "kubernetes.config", "kubernetes.leaderelection", "kubernetes.utils"]
+    # Imported first, the package is the whole one: nothing is replaced under a running program.
+    code = "import kubernetes, webhook.kube, sys; print(sys.modules['kubernetes'].__version__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=120).stdout.strip()

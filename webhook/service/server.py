@@ -19,11 +19,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
-from kubernetes.client import ApiClient
 
 from webhook.control.allocator import Allocator, ClaimStore, MemoryStore
 from webhook.control.claimer import Claimer
@@ -43,6 +42,9 @@ from webhook.service.app import AdmissionFastPath, create_app
 from webhook.service.certs import CertReloader, server_ssl_context
 from webhook.service.connections import ConnectionGuard
 from webhook.service.probes import ProbeServer, build_probe_server
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 __all__ = ["build_server", "serve"]
 
@@ -161,11 +163,12 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         store = MemoryStore(book)
     else:
         api = api_client(settings.kubeconfig, settings.in_cluster)
-        await _discover(api, settings, state)
         state.claims_ready = False
         leases = LeaseWatcher(api, settings.namespace, book)
         watchers = [NodeWatcher(api, state), leases]
+        # The lists first, discovery beside them: a 15,000-node list is most of the time to ready.
         tasks.extend(asyncio.create_task(w.run()) for w in watchers)
+        await _discover(api, settings, state)
 
         async def claims_listed() -> None:
             await leases.synced.wait()
@@ -306,16 +309,15 @@ async def _read_flannel(api: ApiClient, settings: Settings) -> list[dict[str, An
 
     from webhook.kube.raw import raw_request
 
-    out = []
-    for ns, name in guarded_order(settings.rules.flannel_configmaps):
-        def read(ns: str = ns, name: str = name) -> dict[str, Any] | None:
-            try:
-                return json.loads(raw_request(api, "read_namespaced_config_map",
-                                              f"/api/v1/namespaces/{quote(ns)}/configmaps/{quote(name)}",
-                                              timeout=(5.0, 5.0)))
-            except (ApiException, OSError, ValueError):
-                return None  # absent or unreadable: the watch says why and follows it
-        doc = await asyncio.to_thread(read)
-        if isinstance(doc, dict):
-            out.append(doc)
-    return out
+    def read(ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(raw_request(api, "read_namespaced_config_map",
+                                          f"/api/v1/namespaces/{quote(ns)}/configmaps/{quote(name)}",
+                                          timeout=(5.0, 5.0)))
+        except (ApiException, OSError, ValueError):
+            return None  # absent or unreadable: the watch says why and follows it
+
+    # All at once (each is a round trip), kept in their deciding order.
+    docs = await asyncio.gather(*(asyncio.to_thread(read, ns, name)
+                                  for ns, name in guarded_order(settings.rules.flannel_configmaps)))
+    return [doc for doc in docs if isinstance(doc, dict)]
