@@ -145,6 +145,11 @@ class Server:
         finally:
             conn.close()
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (/proc/PID/stat utime, stime)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -189,8 +194,10 @@ def drive(env: Env, server: Server, path: str, bodies: list[str], *, count: int,
     spec.write_text(json.dumps({"cafile": str(env.ca), "host": "127.0.0.1", "port": server.port,
                                 "path": path, "bodies": bodies, "count": count, "warmup": warmup,
                                 "concurrency": concurrency}))
+    cpu_before = server.cpu_s()
     out = subprocess.run([sys.executable, str(BENCH / "loadgen.py"), str(spec)], capture_output=True,
                          check=False, cwd=ROOT)
+    server_cpu = server.cpu_s() - cpu_before
     if out.returncode:
         raise SystemExit(f"loadgen failed: {out.stderr.decode()[-2000:]}")
     res = json.loads(out.stdout)
@@ -199,11 +206,14 @@ def drive(env: Env, server: Server, path: str, bodies: list[str], *, count: int,
             "avg_ms": statistics.fmean(lat) / 1000, "max_ms": lat[-1] / 1000,
             "rps": res["requests"] / res["wall_s"],
             "client_cpu_us": res["client_cpu_s"] / res["requests"] * 1e6,
+            # The server process's user + system CPU over the run (warm-up included), per request:
+            # what a review costs the server, whatever else the machine is doing.
+            "server_cpu_us": server_cpu / (count + warmup) * 1e6,
             "first": json.loads(res["first_response"])}
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("p50_ms", "p99_ms", "avg_ms", "max_ms", "rps", "client_cpu_us")
+    keys = ("p50_ms", "p99_ms", "avg_ms", "max_ms", "rps", "client_cpu_us", "server_cpu_us")
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": len(runs)}
 
 
@@ -509,14 +519,16 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def render(r: dict[str, Any]) -> str:
     f1, f16, f100 = r["floor_c1"], r["floor_c16"], r["floor_node_c100"]
     fn1, fn16 = r["floor_node_c1"], r["floor_node_c16"]
-    rows = [("figure", "p50 ms", "p99 ms", "req/s", "p50/floor", "p99/floor", "rps/floor", "client µs/req")]
+    rows = [("figure", "p50 ms", "p99 ms", "req/s", "p50/floor", "p99/floor", "rps/floor", "client µs/req",
+             "server µs/req", "server/floor")]
 
     def row(name: str, x: dict[str, Any], floor: dict[str, Any] | None) -> None:
         rows.append((name, f"{x['p50_ms']:.3f}", f"{x['p99_ms']:.3f}", f"{x['rps']:.0f}",
                      f"{x['p50_ms'] / floor['p50_ms']:.2f}x" if floor else "-",
                      f"{x['p99_ms'] / floor['p99_ms']:.2f}x" if floor else "-",
                      f"{x['rps'] / floor['rps']:.2f}x" if floor else "-",
-                     f"{x['client_cpu_us']:.0f}"))
+                     f"{x['client_cpu_us']:.0f}", f"{x['server_cpu_us']:.0f}",
+                     f"{x['server_cpu_us'] / floor['server_cpu_us']:.2f}x" if floor else "-"))
 
     row("floor (fixed response), ConfigMap bytes, c=1", f1, None)
     row("floor (fixed response), ConfigMap bytes, c=16", f16, None)
