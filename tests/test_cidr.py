@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.core.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list
+from webhook.core.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list, within
 
 
 @pytest.mark.parametrize("text", [
@@ -141,3 +141,20 @@ def test_a_shared_cidr_keeps_every_owner_until_the_last_leaves():
     assert index.outside([N("10.9.0.0/16")]) == (1, [("c", N("10.0.1.0/24"))])
     index.remove("c")
     assert index.overlapping(N("10.0.0.0/8")) == []
+
+
+_NETS = st.one_of(
+    st.builds(lambda a, p: ipaddress.IPv4Network((a, p), strict=False),
+              st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.builds(lambda a, p: ipaddress.IPv6Network((a, p), strict=False),
+              st.integers(0, 2**128 - 1), st.integers(0, 128)),
+)
+
+
+@settings(max_examples=2000)
+@given(_NETS, _NETS, st.booleans())
+def test_within_is_ipaddress_subnet_of(a, b, nested):
+    if nested and a.version == b.version and a.prefixlen >= b.prefixlen:
+        b = a.supernet(new_prefix=b.prefixlen)  # make containment common, not a 1-in-2^n accident
+    want = a.version == b.version and a.subnet_of(b)
+    assert within(a, b) is want

@@ -33,6 +33,7 @@ __all__ = [
     "last_address",
     "parse_cidr",
     "parse_cidr_list",
+    "within",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,6 +146,18 @@ def _make(version: int, start: int, prefixlen: int) -> IPNetwork:
     if version == 4:
         return ipaddress.IPv4Network((start, prefixlen))
     return ipaddress.IPv6Network((start, prefixlen))
+
+
+def within(net: IPNetwork, outer: IPNetwork) -> bool:
+    """``net.subnet_of(outer)`` in integer arithmetic (a family mismatch is simply False).
+
+    The same answer as ipaddress's, which type-checks and builds both broadcast addresses
+    on each call: this is asked once per podCIDR of every Node review.
+    """
+    if net.version != outer.version or net.prefixlen < outer.prefixlen:
+        return False
+    shift = net.max_prefixlen - outer.prefixlen
+    return int(net.network_address) >> shift == int(outer.network_address) >> shift
 
 
 def _shorten(text: str, limit: int = 64) -> str:
@@ -310,9 +323,10 @@ class NodeCidrIndex:
             else:
                 starts = bucket.by_start.irange(start, end)
             for s in starts:
-                net = _make(version, s, plen)
+                net = None  # built only for an owner that is reported (a review's own CIDR is not)
                 for owner in _owners(bucket.by_start[s]):
                     if owner != exclude:
+                        net = net or _make(version, s, plen)
                         found.append((owner, net))
                         if len(found) >= limit:
                             return found

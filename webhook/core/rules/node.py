@@ -25,7 +25,7 @@ import ipaddress
 import json
 from typing import Any
 
-from webhook.core.cidr import CidrError, IPNetwork, family_name, parse_cidr
+from webhook.core.cidr import CidrError, IPNetwork, family_name, parse_cidr, within
 from webhook.core.nodemodel import node_name, pod_cidrs
 from webhook.core.rules.findings import ClusterView, Finding, Severity
 
@@ -263,7 +263,7 @@ def _judge_one(name: str, net: IPNetwork, view: ClusterView) -> list[Finding]:
             f"node {name}: podCIDR {net} is {fam} but the cluster-cidr {view.describe_cidr()}"
             f" has no {fam} part {source}.")]
     mask = view.mask_for(net.version)
-    if want is not None and not net.subnet_of(want):  # type: ignore[arg-type]
+    if want is not None and not within(net, want):
         out.append(Finding(
             Severity.ERROR, "OutsideClusterCIDR",
             f"node {name}: podCIDR {net} is outside the cluster-cidr {want} {source}.",
