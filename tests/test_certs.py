@@ -518,3 +518,30 @@ def test_reloader_run_survives_an_unexpected_error(cert_dir: Path, monkeypatch: 
 
     asyncio.run(scenario())
     assert calls >= 3
+
+
+def test_a_rotated_pair_is_checked_by_openssl_and_each_problem_named(cert_dir: Path, tmp_path: Path) -> None:
+    """webhook/service/tls.py pair_problem: a scratch context loads the pair, as the serving one will."""
+    from webhook.service.tls import pair_problem
+
+    cert, key = cert_dir / "tls.crt", cert_dir / "tls.key"
+    assert pair_problem(cert, key) is None
+    other = tmp_path / "other"
+    certs.write_bundle(certs.generate(SERVICE, NAMESPACE), other)
+    assert pair_problem(cert, other / "tls.key") == "the key does not belong to the certificate"
+    half = tmp_path / "half.crt"
+    half.write_bytes(cert.read_bytes()[:200])
+    assert (pair_problem(half, key) or "").startswith("does not load")
+    assert (pair_problem(cert, tmp_path / "absent.key") or "").startswith("cannot read")
+
+
+def test_the_server_imports_no_cryptography() -> None:
+    """Serving and reloading need only the ssl module: cryptography (8.6 MB) stays out of the server."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webhook.service.server, webhook.service.tls, webhook.cli;"
+            " print('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.strip()
+    assert out == "False"

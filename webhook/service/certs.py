@@ -9,22 +9,16 @@ its own small PKI:
 * :func:`write_bundle` -- ``ca.crt``, ``ca.key``, ``tls.crt``, ``tls.key`` on disk,
   keys with mode 0600 (the names a ``kubernetes.io/tls`` Secret uses);
 * :func:`ensure_dev_certs` -- the idempotent set-up that ``make run`` calls;
-* :func:`server_ssl_context` -- the server-side :class:`ssl.SSLContext`
-  (TLS 1.2 minimum, forward-secret AEAD ciphers only);
-* :class:`CertReloader` -- picks up a rotated pair without a restart, in the
-  manner of controller-runtime's certwatcher: poll, compare *bytes* (a Secret
-  volume update swaps a symlink, so mtimes are not to be trusted), validate the
-  new pair first and keep serving the old one when the new one is bad.
+* :func:`server_ssl_context` and :class:`CertReloader` -- serving them, from
+  :mod:`webhook.service.tls` (re-exported here).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import logging
 import os
-import ssl
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +29,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# The serving half (no cryptography import: the server loads only it), re-exported.
+from webhook.service.tls import CertReloader, server_ssl_context
 
 __all__ = [
     "CA_CERT_FILE",
@@ -58,9 +55,6 @@ CA_KEY_FILE = "ca.key"
 TLS_CERT_FILE = "tls.crt"
 TLS_KEY_FILE = "tls.key"
 
-#: TLS 1.2 cipher suites: ECDHE key exchange (forward secrecy) with AEAD only.
-#: TLS 1.3 suites are all AEAD and are left at OpenSSL's defaults.
-_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: Not-before is set this far in the past, so that a node whose clock lags a
 #: little does not reject a certificate made seconds ago.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -240,100 +234,6 @@ def ensure_dev_certs(
     return True
 
 
-def server_ssl_context(cert_file: Path, key_file: Path, client_ca: Path | None = None) -> ssl.SSLContext:
-    """A server-side TLS context serving ``cert_file``/``key_file``.
-
-    TLS 1.2 is the minimum; TLS 1.2 suites are limited to ECDHE with AES-GCM or
-    ChaCha20-Poly1305. With ``client_ca``, clients must present a certificate
-    signed by it (mutual TLS: kube-apiserver presents one when its
-    ``--admission-control-config-file`` names a kubeconfig for the webhook).
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(_TLS12_CIPHERS)
-    context.load_cert_chain(certfile=cert_file, keyfile=key_file)
-    if client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=client_ca)
-    return context
-
-
-class CertReloader:
-    """Reloads a rotated certificate/key pair into a live :class:`ssl.SSLContext`.
-
-    The server keeps its context; :meth:`maybe_reload` calls
-    ``context.load_cert_chain`` again when the files' bytes changed, so new
-    handshakes get the new pair while established connections go on. A new
-    pair is checked first (both parse, the key matches the certificate): a
-    half-written or mismatched pair is logged and skipped, and the old pair
-    keeps being served until a good one appears. The pair in the files at
-    construction time is taken to be the one the context already serves.
-    """
-
-    def __init__(self, context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
-        self.context = context
-        self.cert_file = cert_file
-        self.key_file = key_file
-        #: Number of successful reloads, and of new pairs refused.
-        self.reloads = 0
-        self.failures = 0
-        # The bytes last loaded (or last refused, so a bad pair is logged once).
-        self._loaded = self._read()
-        self._refused: tuple[bytes, bytes] | None = None
-
-    def maybe_reload(self) -> bool:
-        """Reload the pair if the files changed and the new pair is good; True if reloaded."""
-        try:
-            pair = self._read()
-        except OSError as e:
-            self._refuse(None, f"cannot read: {e}")
-            return False
-        if pair == self._loaded or pair == self._refused:
-            return False
-        cert_pem, key_pem = pair
-        problem = _pair_problem(cert_pem, key_pem)
-        if problem is not None:
-            self._refuse(pair, problem)
-            return False
-        try:
-            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
-        except (OSError, ssl.SSLError) as e:
-            # The files changed again between the check and the load. OpenSSL
-            # may have dropped the key it had, so forget what is loaded: the
-            # next poll retries as soon as a good pair is on disk.
-            self._loaded = (b"", b"")
-            self._refuse(None, f"load_cert_chain failed: {e}")
-            return False
-        self._loaded = pair
-        self._refused = None
-        self.reloads += 1
-        log.info("reloaded TLS certificate from %s", self.cert_file)
-        return True
-
-    async def run(self, interval: float = 10.0) -> None:
-        """Poll every ``interval`` seconds until cancelled; errors never end the loop."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.maybe_reload()
-            except Exception:  # a bug here must not stop the server from serving
-                log.exception("certificate reload failed")
-
-    def _read(self) -> tuple[bytes, bytes]:
-        return self.cert_file.read_bytes(), self.key_file.read_bytes()
-
-    def _refuse(self, pair: tuple[bytes, bytes] | None, reason: str) -> None:
-        self.failures += 1
-        if pair is not None:
-            self._refused = pair
-        log.error(
-            "keeping the current TLS certificate: new pair %s / %s refused: %s",
-            self.cert_file,
-            self.key_file,
-            reason,
-        )
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
@@ -354,7 +254,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+def _pem_pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     """Why this PEM pair cannot be served, or None when it can."""
     try:
         certs = x509.load_pem_x509_certificates(cert_pem)
@@ -371,7 +271,7 @@ def _dev_certs_usable(out_dir: Path, service: str, namespace: str) -> bool:
         cert = x509.load_pem_x509_certificate((out_dir / TLS_CERT_FILE).read_bytes())
         ca = x509.load_pem_x509_certificate((out_dir / CA_CERT_FILE).read_bytes())
         key_pem = (out_dir / TLS_KEY_FILE).read_bytes()
-        if _pair_problem((out_dir / TLS_CERT_FILE).read_bytes(), key_pem) is not None:
+        if _pem_pair_problem((out_dir / TLS_CERT_FILE).read_bytes(), key_pem) is not None:
             return False
         cert.verify_directly_issued_by(ca)
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

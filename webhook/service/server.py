@@ -2,7 +2,7 @@
 
 uvicorn builds its own ``SSLContext`` from file names; flannel-guard hands it one
 of its own instead (TLS 1.2 minimum, strong suites only, optional client
-authentication) so that :class:`~webhook.service.certs.CertReloader` can load a
+authentication) so that :class:`~webhook.service.tls.CertReloader` can load a
 rotated pair into the very context the listener uses.
 """
 
@@ -39,9 +39,9 @@ from webhook.kube.sources import LiveSources, guarded_order
 from webhook.kube.watch import NodeWatcher, Reflector
 from webhook.service import limits
 from webhook.service.app import AdmissionFastPath, create_app
-from webhook.service.certs import CertReloader, server_ssl_context
 from webhook.service.connections import ConnectionGuard
 from webhook.service.probes import ProbeServer, build_probe_server
+from webhook.service.tls import CertReloader, server_ssl_context
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
