@@ -512,6 +512,7 @@ def test_the_server_loads_only_the_kubernetes_subpackages_it_uses() -> None:
     code = ("import sys, webhook.service.server, webhook.kube.leader, webhook.kube.cluster;"
             " from kubernetes.client import ApiClient, Configuration;"
             " ApiClient(Configuration()).close();"
+            " from kubernetes import __version__; assert __version__.count('.') == 2, __version__;"
             " print(' '.join(sorted(m for m in sys.modules"
             " if m.startswith('kubernetes.') and m.count('.') == 1)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -326,7 +326,8 @@ class NodeCidrIndex:
                 net = None  # built only for an owner that is reported (a review's own CIDR is not)
                 for owner in _owners(bucket.by_start[s]):
                     if owner != exclude:
-                        net = net or _make(version, s, plen)
+                        if net is None:
+                            net = _make(version, s, plen)
                         found.append((owner, net))
                         if len(found) >= limit:
                             return found

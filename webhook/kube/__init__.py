@@ -22,7 +22,18 @@ def _kubernetes_on_demand() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     # module_from_spec sets __path__, __spec__ and __loader__; exec_module, the eager part, is skipped.
-    sys.modules["kubernetes"] = importlib.util.module_from_spec(spec)
+    module = importlib.util.module_from_spec(spec)
+    module.__getattr__ = _package_attribute  # type: ignore[attr-defined]  # PEP 562
+    sys.modules["kubernetes"] = module
+
+
+def _package_attribute(name: str) -> object:
+    """What the skipped ``__init__`` would have defined besides its imports: ``__version__``."""
+    if name == "__version__":  # kubernetes.dynamic.discovery imports it, for one
+        from importlib.metadata import version
+
+        return version("kubernetes")
+    raise AttributeError(f"module 'kubernetes' has no attribute {name!r}")
 
 
 _kubernetes_on_demand()
