@@ -545,3 +545,35 @@ def test_the_server_imports_no_cryptography() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=120).stdout.strip()
     assert out == "False"
+
+
+def test_an_encrypted_key_is_refused_in_words_never_prompted_for(cert_dir: Path, tmp_path: Path) -> None:
+    """OpenSSL would prompt on the terminal for the password, holding the server: tls.py never lets it."""
+    from cryptography.hazmat.primitives import serialization
+
+    from webhook.service.tls import pair_problem
+
+    key = serialization.load_pem_private_key((cert_dir / "tls.key").read_bytes(), password=None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    assert "the private key is encrypted" in (pair_problem(cert_dir / "tls.crt", locked) or "")
+    with pytest.raises(ValueError, match="encrypted"):
+        certs.server_ssl_context(cert_dir / "tls.crt", locked)
+
+
+@pytest.mark.parametrize("which", ["mismatched", "missing"])
+def test_serve_with_a_pair_it_cannot_serve_says_why_and_exits_2(cert_dir: Path, tmp_path: Path,
+                                                                which: str) -> None:
+    import subprocess
+    import sys
+
+    other = tmp_path / "other"
+    certs.write_bundle(certs.generate(SERVICE, NAMESPACE), other)
+    key = other / "tls.key" if which == "mismatched" else tmp_path / "absent.key"
+    out = subprocess.run([sys.executable, "-m", "webhook", "serve", "--standalone", "--port", "0",
+                          "--tls-cert", str(cert_dir / "tls.crt"), "--tls-key", str(key)],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cannot serve --tls-cert" in out.stderr and "Traceback" not in out.stderr
+    assert ("does not belong" if which == "mismatched" else "cannot read") in out.stderr

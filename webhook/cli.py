@@ -274,6 +274,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("flannel-guard serve: --tls-cert and --tls-key are required (HTTPS only);"
               " `flannel-guard certs --dev --out certs` makes a development pair", file=sys.stderr)
         return EXIT_USAGE
+    from webhook.service.tls import pair_problem
+
+    problem = pair_problem(args.tls_cert, args.tls_key)
+    if problem is not None:  # one line and exit 2, not a traceback (or OpenSSL's password prompt)
+        print(f"flannel-guard serve: cannot serve --tls-cert {args.tls_cert} with --tls-key"
+              f" {args.tls_key}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     settings = Settings(
         host=args.host, port=args.port, probe_port=args.probe_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key,

@@ -29,6 +29,11 @@ log = logging.getLogger("webhook.service.certs")  # the name operators' log filt
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
+def _no_password() -> bytes:
+    """OpenSSL's password callback: never its own prompt on the terminal, which would block the server."""
+    raise ValueError("the private key is encrypted; serve an unencrypted key (a kubernetes.io/tls Secret's)")
+
+
 def pair_problem(cert_file: Path, key_file: Path) -> str | None:
     """Why the pair in these files cannot be served, or None when it can.
 
@@ -37,7 +42,9 @@ def pair_problem(cert_file: Path, key_file: Path) -> str | None:
     """
     scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        scratch.load_cert_chain(certfile=cert_file, keyfile=key_file)
+        scratch.load_cert_chain(certfile=cert_file, keyfile=key_file, password=_no_password)
+    except ValueError as e:
+        return str(e)
     except ssl.SSLError as e:
         if "KEY_VALUES_MISMATCH" in str(e) or e.reason == "KEY_VALUES_MISMATCH":
             return "the key does not belong to the certificate"
@@ -58,7 +65,7 @@ def server_ssl_context(cert_file: Path, key_file: Path, client_ca: Path | None =
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(_TLS12_CIPHERS)
-    context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    context.load_cert_chain(certfile=cert_file, keyfile=key_file, password=_no_password)
     if client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=client_ca)
@@ -102,8 +109,9 @@ class CertReloader:
             self._refuse(pair, problem)
             return False
         try:
-            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file)
-        except (OSError, ssl.SSLError) as e:
+            self.context.load_cert_chain(certfile=self.cert_file, keyfile=self.key_file,
+                                         password=_no_password)
+        except (OSError, ValueError) as e:
             # The files changed again between the check and the load. OpenSSL
             # may have dropped the key it had, so forget what is loaded: the
             # next poll retries as soon as a good pair is on disk.
