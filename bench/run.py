@@ -235,8 +235,8 @@ def micro(repeat: int) -> dict[str, float]:
     """Microseconds per call (best of ``repeat`` timeit rounds, as timeit advises)."""
     import ipaddress
 
-    from webhook.core.cidr import NodeCidrIndex
     from webhook.core.cidrset import CidrSet
+    from webhook.core.nodeindex import NodeCidrIndex
     from webhook.kube.watch import LIST_PAGE, NodeWatcher
 
     def per_call(fn: Any, number: int) -> float:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from webhook.core.cidr import NodeCidrIndex, parse_cidr, parse_cidr_list
+from webhook.core.cidr import parse_cidr, parse_cidr_list
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.rules import ClusterView
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.control.allocator import Allocator, MemoryStore, StoreUnavailable, lease_name, node_hash
-from webhook.core.cidr import NodeCidrIndex
 from webhook.core.cidrset import RangeExhaustedError
+from webhook.core.nodeindex import NodeCidrIndex
 
 N = ipaddress.ip_network
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.core.cidr import CidrError, NodeCidrIndex, parse_cidr, parse_cidr_list, within
+from webhook.core.cidr import CidrError, parse_cidr, parse_cidr_list, within
+from webhook.core.nodeindex import NodeCidrIndex
 
 
 @pytest.mark.parametrize("text", [

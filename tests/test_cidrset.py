@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from webhook.core import cidrset
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import (
     CidrSet,
     CidrSetError,
@@ -25,6 +25,7 @@ from webhook.core.cidrset import (
     RangeExhaustedError,
 )
 from webhook.core.dualstack import DualStackAllocator
+from webhook.core.nodeindex import NodeCidrIndex
 
 
 def net(text: str) -> IPNetwork:

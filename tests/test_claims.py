@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from webhook.control.allocator import MemoryStore, StoreUnavailable
 from webhook.control.claimer import Claimer
-from webhook.core.cidr import NodeCidrIndex
 from webhook.core.claims import (
     Claim,
     ClaimBook,
@@ -29,6 +28,7 @@ from webhook.core.claims import (
     suggest_free,
     to_write,
 )
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.rules import Mode, Verdict, claim_verdict
 from webhook.core.rules.node import claimed_cidrs
 

@@ -435,7 +435,7 @@ def test_memory_does_not_grow_with_garbage_and_the_process_keeps_answering(serve
 
 def test_a_node_listing_one_cidr_twice_can_be_reindexed() -> None:
     """Found by the long fuzz run: the index dropped a CIDR listed twice twice (KeyError)."""
-    from webhook.core.cidr import NodeCidrIndex
+    from webhook.core.nodeindex import NodeCidrIndex
 
     index = NodeCidrIndex()
     net = ipaddress.ip_network("10.244.0.0/17")

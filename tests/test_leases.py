@@ -9,8 +9,8 @@ import pytest
 from kube_emulator import FakeKubeApi, client_for
 
 from webhook.control.allocator import Allocator, StoreUnavailable, lease_name
-from webhook.core.cidr import NodeCidrIndex
 from webhook.core.claims import ClaimBook
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.kube.leases import LeaseStore, LeaseWatcher
 
 N = ipaddress.ip_network

@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook.check import check_documents
-from webhook.core.cidr import NodeCidrIndex
 from webhook.core.discovery import CidrSource, SourceKind
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import node_model
 from webhook.core.resolve import resolve
 from webhook.core.rules import ClusterView, RuleSettings, Severity

@@ -21,9 +21,10 @@ from sortedcontainers import SortedDict
 
 from webhook.control.allocator import Allocator, MemoryStore
 from webhook.control.state import ClusterState
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import CidrSet
 from webhook.core.claims import Claim
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.kube.watch import LIST_PAGE, NodeWatcher
 
 V4 = ipaddress.IPv4Network

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from webhook.core.cidr import NodeCidrIndex
 from webhook.core.claims import suggest_free
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import NodeModel, node_model
 from webhook.core.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
 

@@ -31,10 +31,11 @@ from typing import Protocol
 
 import structlog
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import CidrSet, RangeExhaustedError
 from webhook.core.claims import Claim, ClaimBook
 from webhook.core.dualstack import DualStackAllocator
+from webhook.core.nodeindex import NodeCidrIndex
 
 __all__ = [
     "Allocator",

@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from webhook.control.allocator import ClaimStore, Reservation, StoreUnavailable, reclaim_expired
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.claims import Claim, ClaimConflict, ClaimOutcome, conflicts, to_write
+from webhook.core.nodeindex import NodeCidrIndex
 
 __all__ = ["Claimer"]
 

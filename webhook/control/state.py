@@ -13,7 +13,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import node_model
 from webhook.core.rules import ClusterView
 

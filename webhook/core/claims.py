@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex, first_free_in
+from webhook.core.cidr import IPNetwork
+from webhook.core.nodeindex import NodeCidrIndex, first_free_in
 
 __all__ = [
     "Claim",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import (
     DEFAULT_NODE_MASK_V4,
     DEFAULT_NODE_MASK_V6,
@@ -18,6 +18,7 @@ from webhook.core.cidrset import (
     OutOfRangeError,
     _check_network,
 )
+from webhook.core.nodeindex import NodeCidrIndex
 
 __all__ = ["DualStackAllocator"]
 

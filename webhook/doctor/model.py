@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.discovery import Resolution, SourceKind
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import networks_of
 from webhook.core.rules.findings import ClusterView, RuleSettings, Severity
 from webhook.core.rules.flannel import parse_net_conf

@@ -67,7 +67,7 @@ def warnings(findings: list[Finding]) -> list[Finding]:
 
 
 class NodeLookup(Protocol):
-    """The read side of the node podCIDR index (:class:`webhook.core.cidr.NodeCidrIndex`)."""
+    """The read side of the node podCIDR index (:class:`webhook.core.nodeindex.NodeCidrIndex`)."""
 
     def __len__(self) -> int: ...
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook.core.cidr import IPNetwork, NodeCidrIndex
+from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import CidrSetError
 from webhook.core.discovery import SourceKind
 from webhook.core.dualstack import DualStackAllocator
+from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.rules.findings import Finding, Severity
 from webhook.core.rules.node import review_node
 from webhook.doctor.model import NO_POD_CIDR_LOG, Context, Section, cidrs_text, patch_text
