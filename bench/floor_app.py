@@ -24,7 +24,7 @@ from fastapi.responses import PlainTextResponse, Response
 import webhook.service.server
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
-from webhook.service.app import send_json
+from webhook.service.asgi import send_json
 from webhook.service.metrics import Metrics
 
 RESPONSE = json.dumps({

@@ -8,10 +8,8 @@ stance (a bug must never block node registration).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -43,11 +41,11 @@ from webhook.core.rules.fixnetwork import fix_network
 from webhook.core.rules.node import claimed_cidrs, node_name, pod_cidrs
 from webhook.kube.cluster import staleness_note
 from webhook.kube.events import EventRecorder
-from webhook.service import limits
 from webhook.service.admission import AdmissionRequest, BadReview, encode, finish, parse_review
+from webhook.service.asgi import BodyBudget, Head, Refused, read_body, send_json
 from webhook.service.metrics import Metrics
 
-__all__ = ["AdmissionFastPath", "BodyBudget", "create_app", "send_json"]
+__all__ = ["AdmissionFastPath", "create_app"]
 
 log = structlog.get_logger("flannel_guard")
 
@@ -58,128 +56,6 @@ def _bad(status: int, message: str, metrics: Metrics,
          headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str] | None]:
     metrics.bad_requests.labels(str(status)).inc()
     return status, orjson.dumps({"error": message}), headers
-
-
-class _Refused(BadReview):
-    """Raised when a request is refused before its body is read in full; ``close`` ends the connection.
-
-    Without ``close``, uvicorn reads the rest of the body and drops it (within the
-    connection's request deadline), so that a client still sending it sees the answer.
-    """
-
-    def __init__(self, message: str, *, status: int, close: bool = False,
-                 retry_after: int | None = None) -> None:
-        super().__init__(message, status=status)
-        self.headers: dict[str, str] = {}
-        if close:  # the rest of the body cannot be framed, or is not coming
-            self.headers["Connection"] = "close"
-        if retry_after is not None:
-            self.headers["Retry-After"] = str(retry_after)
-
-
-class BodyBudget:
-    """Bytes of large bodies being read at once, reserved from their ``Content-Length``.
-
-    Bodies up to ``small`` are read at once and not counted (every Node review; they are
-    bounded by the connection cap); larger ones share ``total``, so that bodies held
-    open (issue 15: 40 near-complete 7 MiB bodies, 383 MB) cost at most ``total``.
-    """
-
-    def __init__(self, total: int = limits.LARGE_BODIES_BUDGET,
-                 small: int = limits.SMALL_BODY_BYTES) -> None:
-        self.total = total
-        self.small = small
-        self.in_use = 0
-
-    @contextlib.contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        """Hold ``size`` bytes of the budget while a body is read; 503 when they are not free."""
-        if size <= self.small:
-            yield
-            return
-        if self.in_use + size > self.total:
-            raise _Refused(
-                f"too many large request bodies are being read at once ({self.in_use:,} of"
-                f" {self.total:,} bytes in use); retry", status=503,
-                retry_after=limits.RETRY_AFTER_SECONDS)
-        self.in_use += size
-        try:
-            yield
-        finally:
-            self.in_use -= size
-
-
-class _Head:
-    """The three request headers an admission reads, straight from the ASGI scope (first of each)."""
-
-    __slots__ = ("content_length", "content_type", "transfer_encoding")
-
-    def __init__(self, scope: dict[str, Any]) -> None:
-        self.content_type: str | None = None
-        self.content_length: str | None = None
-        self.transfer_encoding = False
-        for name, value in scope["headers"]:  # ASGI: names lower-cased, values latin-1 bytes
-            if name == b"content-type":
-                if self.content_type is None:
-                    self.content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                if self.content_length is None:
-                    self.content_length = value.decode("latin-1")
-            elif name == b"transfer-encoding":
-                self.transfer_encoding = True
-
-
-async def _read_body(head: _Head, receive: Receive, limit: int, budget: BodyBudget | None = None,
-                     seconds: float = limits.BODY_SECONDS) -> bytes:
-    """Read at most ``limit`` bytes within ``seconds``; refuse before reading a body that says it is bigger.
-
-    kube-apiserver always sends ``Content-Length``: a chunked body is refused (411), and
-    one with both headers too (400; RFC 9112 section 6.3 says close the connection).
-    The body comes from ASGI ``receive`` itself: a Node review arrives in one message.
-    """
-    declared = head.content_length
-    if head.transfer_encoding:
-        if declared is not None:
-            raise _Refused("a request with both Content-Length and Transfer-Encoding is refused",
-                           status=400, close=True)
-        raise _Refused("a chunked body is not accepted: send the AdmissionReview with"
-                       " Content-Length", status=411, close=True)
-    size = 0
-    if declared is not None:
-        if not declared.isdigit() or len(declared) > 19:
-            raise BadReview("invalid Content-Length")
-        size = int(declared)
-        if size > limit:
-            raise _Refused(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
-    with budget.reserve(size) if budget is not None else contextlib.nullcontext():
-        chunks: list[bytes] = []
-        received = 0
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # http.disconnect
-                        raise ClientDisconnect()
-                    chunk = message.get("body", b"")
-                    received += len(chunk)
-                    if received > limit:
-                        raise _Refused(f"body exceeds the {limit}-byte limit", status=413)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise _Refused(f"body not received within {seconds:g} s", status=408, close=True) from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def send_json(send: Send, status: int, body: bytes,
-                    headers: dict[str, str] | None = None) -> None:
-    """Answer with a JSON body: two ASGI messages, as Starlette's ``Response`` sends them."""
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _kind_label(kind: str) -> str:
@@ -257,14 +133,14 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
                      reviewer: Reviewer) -> tuple[int, bytes, dict[str, str] | None]:
         """One admission: (status, JSON body, extra headers); the callers send it."""
         started = time.perf_counter()
-        head = _Head(scope)
+        head = Head(scope)
         ctype = head.content_type or ""
         if ctype.split(";")[0].strip().lower() != "application/json":
             return _bad(415, f"Content-Type must be application/json, got {ctype[:60]!r}", metrics)
         try:
-            body = await _read_body(head, receive, settings.max_body_bytes, budget)
+            body = await read_body(head, receive, settings.max_body_bytes, budget)
             adm = parse_review(body)
-        except _Refused as e:
+        except Refused as e:
             return _bad(e.status, str(e), metrics, e.headers)
         except BadReview as e:
             return _bad(e.status, str(e), metrics)
