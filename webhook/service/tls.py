@@ -48,7 +48,7 @@ def pair_problem(cert_file: Path, key_file: Path) -> str | None:
     except ssl.SSLError as e:
         if "KEY_VALUES_MISMATCH" in str(e) or e.reason == "KEY_VALUES_MISMATCH":
             return "the key does not belong to the certificate"
-        return f"does not load: {e.reason or e}"
+        return f"does not load as a PEM certificate chain and private key (OpenSSL: {e.reason or e})"
     except OSError as e:
         return f"cannot read: {e}"
     return None
