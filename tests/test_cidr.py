@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -159,3 +160,40 @@ def test_within_is_ipaddress_subnet_of(a, b, nested):
         b = a.supernet(new_prefix=b.prefixlen)  # make containment common, not a 1-in-2^n accident
     want = a.version == b.version and a.subnet_of(b)
     assert within(a, b) is want
+
+
+_TEXTS = st.one_of(
+    _NETS.map(str),
+    st.builds(lambda n, h: f"{n.network_address + h % n.num_addresses}/{n.prefixlen}", _NETS, st.integers(0)),
+    st.text(alphabet="0123456789abcdef.:/% x", max_size=50),
+)
+
+
+@settings(max_examples=2000)
+@given(st.lists(_TEXTS, min_size=1, max_size=8))
+def test_a_kept_parse_is_the_parse_itself(texts):
+    """parse_cidr keeps the last 4,096 texts that parsed: asked again, it answers as a fresh parse does."""
+    from webhook.core.cidr import _parse
+
+    fresh = _parse.__wrapped__
+    for text in texts + texts:  # the second time round, from what was kept
+        try:
+            want = fresh(text)
+        except CidrError as e:
+            with pytest.raises(CidrError, match=re.escape(str(e))):
+                parse_cidr(text)
+        else:
+            assert parse_cidr(text) == want
+
+
+def test_only_parses_are_kept_and_the_kept_are_bounded():
+    from webhook.core.cidr import _parse
+
+    _parse.cache_clear()
+    for i in range(5000):
+        parse_cidr(f"10.{i // 256}.{i % 256}.0/24")
+        with pytest.raises(CidrError):
+            parse_cidr(f"10.0.0.{i}/24 ")  # refused: never kept
+    assert _parse.cache_info().currsize == _parse.cache_info().maxsize == 4096
+    with pytest.raises(CidrError, match="expected a CIDR string"):
+        parse_cidr(["10.0.0.0/8"])  # not hashable, not a string: refused before the cache

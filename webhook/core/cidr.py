@@ -15,6 +15,7 @@ ways that matter to the tools this project sits between:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -61,6 +62,14 @@ def parse_cidr(text: object) -> ParsedCidr:
     """
     if not isinstance(text, str):
         raise CidrError(f"expected a CIDR string, found {type(text).__name__}")
+    return _parse(text)
+
+
+# Every Node review parses its podCIDRs (an UPDATE's are the same text as the stored node's):
+# a parse is pure and its result immutable, so the last few thousand are kept. Only texts
+# that parse are cached (a raise is not), and those are at most 49 characters long.
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> ParsedCidr:
     shown = _shorten(text)
     if text == "":
         raise CidrError("empty CIDR")

@@ -42,7 +42,7 @@ from webhook.core.rules.node import claimed_cidrs, node_name, pod_cidrs
 from webhook.kube.cluster import staleness_note
 from webhook.kube.events import EventRecorder
 from webhook.service.admission import AdmissionRequest, BadReview, encode, finish, parse_review
-from webhook.service.asgi import BodyBudget, Head, Refused, read_body, send_json
+from webhook.service.asgi import BODY_RECEIVED, BodyBudget, Head, Refused, read_body, send_json
 from webhook.service.metrics import Metrics
 
 __all__ = ["AdmissionFastPath", "create_app"]
@@ -138,7 +138,8 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
         if ctype.split(";")[0].strip().lower() != "application/json":
             return _bad(415, f"Content-Type must be application/json, got {ctype[:60]!r}", metrics)
         try:
-            body = await read_body(head, receive, settings.max_body_bytes, budget)
+            body = await read_body(head, receive, settings.max_body_bytes, budget,
+                                   received=BODY_RECEIVED in scope)
             adm = parse_review(body)
         except Refused as e:
             return _bad(e.status, str(e), metrics, e.headers)

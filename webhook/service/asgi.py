@@ -20,7 +20,12 @@ from starlette.types import Receive, Send
 from webhook.service import limits
 from webhook.service.admission import BadReview
 
-__all__ = ["BodyBudget", "Head", "Refused", "read_body", "send_json"]
+__all__ = ["BODY_RECEIVED", "BodyBudget", "Head", "Refused", "read_body", "send_json"]
+
+# Set in a request's ASGI scope by the connection guard once the server holds its whole body
+# (h11 has read the end of the message): reading it then needs no deadline. A scope key of
+# this server's own, as ASGI allows; absent, a body is read under ``BODY_SECONDS``.
+BODY_RECEIVED = "flannel_guard.body_received"
 
 
 class Refused(BadReview):
@@ -93,12 +98,14 @@ class Head:
 
 
 async def read_body(head: Head, receive: Receive, limit: int, budget: BodyBudget | None = None,
-                     seconds: float = limits.BODY_SECONDS) -> bytes:
+                    seconds: float = limits.BODY_SECONDS, *, received: bool = False) -> bytes:
     """Read at most ``limit`` bytes within ``seconds``; refuse before reading a body that says it is bigger.
 
     kube-apiserver always sends ``Content-Length``: a chunked body is refused (411), and
     one with both headers too (400; RFC 9112 section 6.3 says close the connection).
     The body comes from ASGI ``receive`` itself: a Node review arrives in one message.
+    ``received``: the server has the whole body already (:data:`BODY_RECEIVED` in the
+    scope), so ``receive`` answers at once and no deadline is armed for it.
     """
     declared = head.content_length
     if head.transfer_encoding:
@@ -114,24 +121,49 @@ async def read_body(head: Head, receive: Receive, limit: int, budget: BodyBudget
         size = int(declared)
         if size > limit:
             raise Refused(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
-    with budget.reserve(size) if budget is not None else contextlib.nullcontext():
-        chunks: list[bytes] = []
-        received = 0
-        try:
-            async with asyncio.timeout(seconds):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":  # http.disconnect
-                        raise ClientDisconnect()
-                    chunk = message.get("body", b"")
-                    received += len(chunk)
-                    if received > limit:
-                        raise Refused(f"body exceeds the {limit}-byte limit", status=413)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise Refused(f"body not received within {seconds:g} s", status=408, close=True) from None
+    if received:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnect()
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise Refused(f"body exceeds the {limit}-byte limit", status=413)
+        if not message.get("more_body", False):
+            return body
+        receive = _then(receive, message)  # not the whole body after all: the rest under the deadline
+    if budget is None or size <= budget.small:
+        return await _read(receive, limit, seconds)
+    with budget.reserve(size):
+        return await _read(receive, limit, seconds)
+
+
+def _then(receive: Receive, first: dict[str, Any]) -> Receive:
+    """``receive`` that answers ``first`` before the messages still to come."""
+    pending = [first]
+
+    async def again() -> Any:
+        return pending.pop() if pending else await receive()
+    return again
+
+
+async def _read(receive: Receive, limit: int, seconds: float) -> bytes:
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise Refused(f"body exceeds the {limit}-byte limit", status=413)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise Refused(f"body not received within {seconds:g} s", status=408, close=True) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

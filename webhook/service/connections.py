@@ -41,6 +41,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from webhook.service import limits
+from webhook.service.asgi import BODY_RECEIVED
 
 __all__ = ["ConnectionGuard"]
 
@@ -310,6 +311,9 @@ class _GuardedH11(H11Protocol):
                 self._begin(time.monotonic())
             return
         if self._phase != "idle":  # DONE (answer pending), MUST_CLOSE, CLOSED, ERROR
+            if state is h11.DONE:
+                # The whole body is in the cycle's buffer: the handler reads it without a deadline.
+                self.scope[BODY_RECEIVED] = True
             self._done()
 
     def _done(self) -> None:
