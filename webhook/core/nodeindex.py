@@ -120,7 +120,10 @@ class NodeCidrIndex:
     def _add(self, node: str, new: tuple[IPNetwork, ...]) -> None:
         self._by_node[node] = new
         for net in new:
-            bucket = self._buckets.setdefault((net.version, net.prefixlen), _Bucket())
+            key = (net.version, net.prefixlen)
+            bucket = self._buckets.get(key)
+            if bucket is None:  # not setdefault: that built a _Bucket (a SortedDict) on every write
+                bucket = self._buckets[key] = _Bucket()
             start = int(net.network_address)
             owners = bucket.by_start.get(start)
             if owners is None:
