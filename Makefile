@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench bench-claims bench-parse bench-match soak clean
+.PHONY: all venv run test lint certs bench bench-claims bench-parse bench-match bench-decompose soak clean
 
 all: test
 
@@ -72,6 +72,9 @@ soak: $(STAMP)
 
 bench-parse: $(STAMP)
 	$(BIN)/python bench/parse_cost.py
+
+bench-decompose: $(STAMP) $(RUNTIME_STAMP)
+	$(BIN)/python bench/decompose.py --server-python $(RUNTIME)/bin/python
 
 bench-match: $(STAMP)
 	$(BIN)/python bench/match_calls.py
