@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,25 @@ from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.rules import ClusterView
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@contextlib.contextmanager
+def served_in_thread(server: Any) -> Iterator[None]:
+    """Run a server built by ``webhook.service.server.build_server`` on a loop of its own, for the block."""
+    server.config.install_signal_handlers = False
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    assert server.started, "server did not start"
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def make_view(cidr: str | None = "10.244.0.0/16", nodes: dict[str, list[str]] | None = None,

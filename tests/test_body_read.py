@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import served_in_thread
 from fastapi import FastAPI
 from kube_emulator import free_port
 from starlette.requests import ClientDisconnect
@@ -115,20 +116,8 @@ def seen_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
                         tls_key=tmp_path / "tls.key")
     server, _ = webhook.service.server.build_server(settings, ClusterState(cluster_cidr=None,
                                                                            cidr_source="none"))
-    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
-    assert server.started
-    try:
+    with served_in_thread(server):
         yield port, tmp_path / "ca.crt", seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _connect(port: int, ca: Path) -> ssl.SSLSocket:

@@ -6,21 +6,19 @@ Service's DNS name (flannel-guard.flannel-guard.svc), as the API server does.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import ipaddress
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from conftest import FIXTURES, node, review
+from conftest import FIXTURES, node, review, served_in_thread
 from kube_emulator import free_port
 
 from webhook.control.allocator import Allocator, MemoryStore
@@ -63,20 +61,8 @@ def start(tmp: Path, cidr: str | None, mode: Mode = Mode.ENFORCE, *, fix: bool =
     if settings.cluster_cidr:
         allocator = Allocator(settings.cluster_cidr, index=state.index, store=store or MemoryStore())
     server, _ = build_server(settings, state, allocator)
-    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        threading.Event().wait(0.01)
-    assert server.started, "server did not start"
-    try:
+    with served_in_thread(server):
         yield Running(f"https://127.0.0.1:{port}", tmp / "ca.crt", state)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
