@@ -121,7 +121,10 @@ async def read_body(head: Head, receive: Receive, limit: int, budget: BodyBudget
         size = int(declared)
         if size > limit:
             raise Refused(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)
-    if received:
+    small = budget is None or size <= budget.small
+    # A budgeted body is never whole before the handler reads it (uvicorn stops reading at
+    # 64 KiB until then): it is reserved and read under the deadline whatever the flag says.
+    if received and small:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect
             raise ClientDisconnect()
@@ -131,8 +134,9 @@ async def read_body(head: Head, receive: Receive, limit: int, budget: BodyBudget
         if not message.get("more_body", False):
             return body
         receive = _then(receive, message)  # not the whole body after all: the rest under the deadline
-    if budget is None or size <= budget.small:
+    if small:
         return await _read(receive, limit, seconds)
+    assert budget is not None
     with budget.reserve(size):
         return await _read(receive, limit, seconds)
 
