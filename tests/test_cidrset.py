@@ -8,6 +8,7 @@ function is named in each table's comment); they must give the same answers.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from webhook.core.cidrset import (
     RangeExhaustedError,
 )
 from webhook.core.dualstack import DualStackAllocator
+from webhook.core.indexruns import IndexRuns
 from webhook.core.nodeindex import NodeCidrIndex
 
 
@@ -660,3 +662,28 @@ def test_candidates_of_an_ipv6_range_near_zero_stay_ipv6():
     s = CidrSet(net("::/112"), 120)
     assert s.cidr_at(1) == net("::100/120")
     assert s.allocate_next().version == 6
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 60), st.integers(0, 8)), max_size=40),
+       st.integers(0, 70))
+def test_index_runs_are_the_set_they_stand_for(ops, probe):
+    """IndexRuns against a plain set: counts, membership and maximal, non-adjacent runs after every change."""
+    runs, plain = IndexRuns(), set()
+    for adding, first, width in ops:
+        span = set(range(first, first + width + 1))
+        if adding:
+            assert runs.add(first, first + width) == len(span - plain)
+            plain |= span
+        else:
+            assert runs.remove(first, first + width) == len(span & plain)
+            plain -= span
+        assert runs.count == len(plain)
+        ranges = runs.ranges()
+        assert {i for a, b in ranges for i in range(a, b + 1)} == plain
+        assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(ranges))
+    end = runs.run_end(probe)
+    assert (end is not None) == (probe in plain)
+    if end is not None:
+        assert all(i in plain for i in range(probe, end + 1)) and end + 1 not in plain
+    assert runs.any_in(probe, probe + 3) == bool(plain & set(range(probe, probe + 4)))

@@ -22,9 +22,10 @@ kubernetes/kubernetes:
 
 Where this differs from upstream, on purpose:
 
-* Occupancy is kept as sorted runs of occupied candidate indices, not a bitmap
-  with one bit per candidate, and next-fit jumps over a whole run at once: the
-  same answers, but a nearly full range costs O(log runs), not O(candidates).
+* Occupancy is kept as sorted runs of occupied candidate indices
+  (:class:`~webhook.core.indexruns.IndexRuns`), not a bitmap with one bit per
+  candidate, and next-fit jumps over a whole run at once: the same answers, but
+  a nearly full range costs O(log runs), not O(candidates).
 * :meth:`CidrSet.allocate_next` takes an ``is_taken`` callback: a candidate it
   rejects (a CIDR reserved by another webhook replica) is skipped without
   being marked occupied.
@@ -54,9 +55,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 
-from sortedcontainers import SortedDict
-
 from webhook.core.cidr import IPNetwork, last_address
+from webhook.core.indexruns import IndexRuns
 
 __all__ = [
     "DEFAULT_NODE_MASK_V4",
@@ -166,17 +166,15 @@ class CidrSet:
         self._shift = bits - mask
         # Number of candidates (upstream maxCIDRs).
         self._capacity = 1 << (mask - cluster.prefixlen)
-        # Number of occupied candidates (upstream allocatedCIDRs): makes `full` O(1).
-        self._used = 0
         # Index where the next allocation starts looking (upstream nextCandidate).
         self._next_candidate = 0
-        # Occupied candidates: first index -> last index of each maximal run.
-        self._runs: SortedDict = SortedDict()
+        # Occupied candidates as maximal runs; its count (upstream allocatedCIDRs) makes `full` O(1).
+        self._occupied = IndexRuns()
         # Candidates examined by the last allocate_next (a run of occupied ones counts once).
         self._inspected = 0
 
     def __repr__(self) -> str:
-        return f"CidrSet({self._cluster}, mask={self._mask}, used={self._used}/{self._capacity})"
+        return f"CidrSet({self._cluster}, mask={self._mask}, used={self._occupied.count}/{self._capacity})"
 
     # --- read-only state ------------------------------------------------------
 
@@ -198,17 +196,17 @@ class CidrSet:
     @property
     def used(self) -> int:
         """How many candidates are occupied (O(1))."""
-        return self._used
+        return self._occupied.count
 
     @property
     def free(self) -> int:
         """How many candidates are not occupied."""
-        return self._capacity - self._used
+        return self._capacity - self._occupied.count
 
     @property
     def full(self) -> bool:
         """Whether every candidate is occupied (O(1))."""
-        return self._used == self._capacity
+        return self._occupied.count == self._capacity
 
     @property
     def next_candidate(self) -> int:
@@ -222,7 +220,7 @@ class CidrSet:
 
     def occupied_index_ranges(self) -> tuple[tuple[int, int], ...]:
         """Occupied candidate indices as maximal ``(first, last)`` runs, in order."""
-        return tuple(self._runs.items())
+        return self._occupied.ranges()
 
     # --- index <-> CIDR -------------------------------------------------------
 
@@ -249,7 +247,7 @@ class CidrSet:
         Raises :class:`OutOfRangeError` when ``network`` does not overlap the range.
         """
         first, last = self._bounds_or_raise(network)
-        return self._add(first, last)
+        return self._occupied.add(first, last)
 
     def release(self, network: IPNetwork) -> int:
         """Free every candidate that ``network`` touches; return how many were newly freed.
@@ -258,16 +256,14 @@ class CidrSet:
         Raises :class:`OutOfRangeError` when ``network`` does not overlap the range.
         """
         first, last = self._bounds_or_raise(network)
-        return self._remove(first, last)
+        return self._occupied.remove(first, last)
 
     def is_occupied(self, network: IPNetwork) -> bool:
         """Whether any candidate that ``network`` touches is occupied (False when it is outside the range)."""
         bounds = self._bounds(_check_network(network, "network"))
         if bounds is None:
             return False
-        first, last = bounds
-        i = self._runs.bisect_right(last) - 1
-        return i >= 0 and self._runs.peekitem(i)[1] >= first
+        return self._occupied.any_in(*bounds)
 
     # --- allocation -----------------------------------------------------------
 
@@ -288,7 +284,7 @@ class CidrSet:
         if network.prefixlen != self._mask:
             raise OutOfRangeError(f"{network} is not a /{self._mask} candidate of {self._cluster}")
         index = self.index_of(network)
-        self._add(index, index)
+        self._occupied.add(index, index)
         self._next_candidate = (index + 1) % self._capacity
 
     def rewind(self, network: IPNetwork) -> None:
@@ -314,7 +310,7 @@ class CidrSet:
             if is_taken is not None and is_taken(network):
                 rejected += 1
                 continue
-            self._add(index, index)
+            self._occupied.add(index, index)
             self._next_candidate = (index + 1) % self._capacity
             return network
         raise self._exhausted(rejected=rejected)
@@ -327,7 +323,7 @@ class CidrSet:
 
     def _exhausted(self, *, rejected: int) -> RangeExhaustedError:
         if rejected:
-            state = f"{self._used} in use and the other {rejected} reserved elsewhere"
+            state = f"{self._occupied.count} in use and the other {rejected} reserved elsewhere"
         else:
             state = "all in use"
         diff = self._mask - self._cluster.prefixlen
@@ -347,7 +343,7 @@ class CidrSet:
             cluster=self._cluster,
             mask=self._mask,
             capacity=self._capacity,
-            used=self._used,
+            used=self._occupied.count,
         )
 
     def _bounds(self, network: IPNetwork) -> tuple[int, int] | None:
@@ -370,16 +366,13 @@ class CidrSet:
 
     def _first_free(self, pos: int) -> int | None:
         """The first free index at or after ``pos``, or None; counts what it examines."""
-        runs = self._runs
-        i = runs.bisect_right(pos) - 1
-        if i >= 0:
-            last = runs.peekitem(i)[1]
-            if last >= pos:
-                # A whole run of occupied candidates, examined at once.
-                self._inspected += 1
-                pos = last + 1
-                if pos >= self._capacity:
-                    return None
+        last = self._occupied.run_end(pos)
+        if last is not None:
+            # A whole run of occupied candidates, examined at once.
+            self._inspected += 1
+            pos = last + 1
+            if pos >= self._capacity:
+                return None
         # Runs are maximal, so the index right after one is free.
         self._inspected += 1
         return pos
@@ -400,40 +393,3 @@ class CidrSet:
                 continue
             yield found
             pos = found + 1
-
-    def _add(self, first: int, last: int) -> int:
-        runs = self._runs
-        lo, hi = first, last
-        i = runs.bisect_right(first) - 1
-        if i >= 0:
-            start, end = runs.peekitem(i)
-            if end >= first - 1:  # overlapping or adjacent on the left: merge
-                lo = start
-        covered = 0
-        for start in list(runs.irange(lo, last + 1)):
-            end = runs.pop(start)
-            covered += max(0, min(end, last) - max(start, first) + 1)
-            hi = max(hi, end)
-        runs[lo] = hi
-        added = (last - first + 1) - covered
-        self._used += added
-        return added
-
-    def _remove(self, first: int, last: int) -> int:
-        runs = self._runs
-        freed = 0
-        i = runs.bisect_right(first) - 1
-        if i >= 0:
-            start, end = runs.peekitem(i)
-            if start < first <= end:  # a run that begins on the left: cut it
-                runs[start] = first - 1
-                freed += min(end, last) - first + 1
-                if end > last:
-                    runs[last + 1] = end
-        for start in list(runs.irange(first, last)):
-            end = runs.pop(start)
-            freed += min(end, last) - start + 1
-            if end > last:
-                runs[last + 1] = end
-        self._used -= freed
-        return freed
