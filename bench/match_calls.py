@@ -25,11 +25,18 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent / "tests")]
 
-from admission_match import MUTATE_NODES, VALIDATE_NODES, node_outcomes, tally, webhooks  # noqa: E402
+from admission_match import (  # noqa: E402
+    MUTATE_NODES,
+    VALIDATE_NODES,
+    VALIDATE_PODCIDRS,
+    node_outcomes,
+    tally,
+    webhooks,
+)
 from node_writes import ALLOCATORS, KINDS, node_writes  # noqa: E402
 
 OUT = BENCH / "out"
-HOOKS = {VALIDATE_NODES: "validate-nodes", MUTATE_NODES: "mutate-nodes"}
+HOOKS = {VALIDATE_PODCIDRS: "validate-podcidrs", VALIDATE_NODES: "validate-nodes", MUTATE_NODES: "mutate-nodes"}
 
 
 def measure(n: int, seed: int, allocator: str) -> dict[str, Any]:

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WEBHOOKS = ROOT / "manifests" / "base" / "webhooks.yaml"
 FIX_NETWORK = ROOT / "manifests" / "components" / "fix-network" / "configmap-webhook.yaml"
 
-VALIDATE_NODES = "nodes.flannel-guard.io"
+VALIDATE_NODES = "nodes.flannel-guard.io"          # registration, flannel annotations (Ignore)
+VALIDATE_PODCIDRS = "podcidrs.nodes.flannel-guard.io"  # writes that set or change a podCIDR (Fail)
+VALIDATING_NODE_HOOKS = (VALIDATE_PODCIDRS, VALIDATE_NODES)
 MUTATE_NODES = "nodes.mutate.flannel-guard.io"
 
 Obj = dict[str, Any]
@@ -61,7 +63,7 @@ class Match:
     failed_condition: str = ""   # the first condition that was false
 
 
-def _hook(doc: Obj, mutating: bool) -> Webhook:
+def hook_of(doc: Obj, mutating: bool) -> Webhook:
     return Webhook(name=doc["name"], mutating=mutating, rules=tuple(doc.get("rules", [])),
                    failure_policy=doc.get("failurePolicy", "Fail"),
                    conditions=tuple((m["name"], m["expression"]) for m in doc.get("matchConditions", [])))
@@ -74,9 +76,9 @@ def webhooks() -> dict[str, Webhook]:
     for doc in yaml.safe_load_all(WEBHOOKS.read_text()):
         mutating = doc["kind"] == "MutatingWebhookConfiguration"
         for hook in doc["webhooks"]:
-            found[hook["name"]] = _hook(hook, mutating)
+            found[hook["name"]] = hook_of(hook, mutating)
     (patch,) = yaml.safe_load(FIX_NETWORK.read_text())
-    found[patch["value"]["name"]] = _hook(patch["value"], mutating=True)
+    found[patch["value"]["name"]] = hook_of(patch["value"], mutating=True)
     return found
 
 

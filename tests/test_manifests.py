@@ -236,7 +236,7 @@ def test_secret_and_every_ca_bundle_come_from_the_generated_files(
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == files
     expected = base64.b64encode(files["ca.crt"]).decode()
     bundles = [hook["clientConfig"].get("caBundle") for _, hook in webhooks(objs)]
-    assert len(bundles) == (4 if variant == "fix-network" else 3)
+    assert len(bundles) == (5 if variant == "fix-network" else 4)
     # kustomize folds long base64 lines; Go's base64 decoder skips the newlines.
     assert [re.sub(r"\s", "", b or "") for b in bundles] == [expected] * len(bundles)
 
@@ -543,7 +543,8 @@ def test_pod_is_hardened_and_runs_before_pod_networking(rendered: dict[str, list
 #: name -> (failurePolicy, sideEffects, operations, resource)
 EXPECTED_HOOKS = {
     "configmaps.flannel-guard.io": ("Fail", "None", ["CREATE", "UPDATE", "DELETE"], "configmaps"),
-    "nodes.flannel-guard.io": ("Ignore", "NoneOnDryRun", ["CREATE", "UPDATE"], "nodes"),
+    "podcidrs.nodes.flannel-guard.io": ("Fail", "NoneOnDryRun", ["CREATE", "UPDATE"], "nodes"),
+    "nodes.flannel-guard.io": ("Ignore", "None", ["CREATE", "UPDATE"], "nodes"),
     "nodes.mutate.flannel-guard.io": ("Ignore", "NoneOnDryRun", ["CREATE", "UPDATE"], "nodes"),
     "configmaps.mutate.flannel-guard.io": ("Ignore", "None", ["CREATE", "UPDATE"], "configmaps"),
 }
@@ -569,8 +570,12 @@ def test_webhook_policies_fail_safe(rendered: dict[str, list[Obj]], variant: str
         if kind == "MutatingWebhookConfiguration":
             assert hook["reinvocationPolicy"] == "Never"
         if resource == "nodes":
-            # Never Fail: a dead webhook must not stop nodes from registering.
-            assert failure == "Ignore"
+            # Fail closed only for writes that set or change a podCIDR: kubelet's registration
+            # (no podCIDR) must never meet it (tests/test_match_conditions.py decides which writes).
+            if failure == "Fail":
+                assert name == "podcidrs.nodes.flannel-guard.io"
+                (cond,) = hook["matchConditions"]
+                assert cond["name"] == "sets-or-changes-pod-cidrs"
         else:
             # Only kube-flannel-cfg, never the webhook's own namespace.
             (expr,) = hook["namespaceSelector"]["matchExpressions"]

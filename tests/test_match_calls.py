@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from admission_match import MUTATE_NODES, VALIDATE_NODES, Outcome, node_outcomes, tally
+from admission_match import (
+    MUTATE_NODES,
+    VALIDATE_NODES,
+    VALIDATE_PODCIDRS,
+    VALIDATING_NODE_HOOKS,
+    Match,
+    Outcome,
+    node_outcomes,
+    tally,
+)
 from node_writes import FLANNEL, KINDS, node_writes
 
 Obj = dict[str, Any]
@@ -48,6 +57,31 @@ def of(outcomes: list[Outcome], hook: str) -> list[Outcome]:
     return [o for o in outcomes if o.hook == hook]
 
 
+def validation(outcomes: list[Outcome]) -> list[Outcome]:
+    """Each write as Node validation sees it: the two validating Node webhooks taken together
+    (identical rules, so ``without`` is the same for both; ``with_`` is called if either is)."""
+    by_write: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        if o.hook in VALIDATING_NODE_HOOKS:
+            by_write.setdefault(id(o.write), []).append(o)
+    out = []
+    for pair in by_write.values():
+        a, b = pair
+        assert a.without == b.without
+        with_ = Match(rules=a.with_.rules, called=a.with_.called or b.with_.called,
+                      errors=a.with_.errors + b.with_.errors)
+        out.append(Outcome(a.write, "validation", a.without, with_))
+    return out
+
+
+def sets_or_changes_pod_cidrs(o: Outcome) -> bool:
+    new, old = o.write.validated, o.write.old_object
+    if o.write.operation == "CREATE":
+        return bool(_spec(new, "podCIDR", "") or _spec(new, "podCIDRs", []))
+    return (_spec(new, "podCIDR", "") != _spec(old, "podCIDR", "")
+            or _spec(new, "podCIDRs", []) != _spec(old, "podCIDRs", []))
+
+
 def test_the_mix_has_every_kind_of_write_a_cluster_makes(outcomes: list[Outcome]) -> None:
     kinds = {o.write.kind for o in outcomes}
     expected = set(KINDS)
@@ -75,7 +109,7 @@ def test_deletes_are_never_sent(outcomes: list[Outcome]) -> None:
 
 
 def test_validation_is_called_for_every_write_that_changes_what_it_judges(outcomes: list[Outcome]) -> None:
-    sent = [o for o in of(outcomes, VALIDATE_NODES) if o.without.called]
+    sent = [o for o in validation(outcomes) if o.without.called]
     judged = [o for o in sent if changes_what_validation_judges(o)]
     assert {o.write.kind for o in judged} >= {"register", "flannel-annotation-operator"}
     assert all(o.with_.called for o in judged), [o.write.kind for o in judged if not o.with_.called]
@@ -84,10 +118,26 @@ def test_validation_is_called_for_every_write_that_changes_what_it_judges(outcom
 
 
 def test_validation_skips_label_taint_cordon_and_other_annotation_updates(outcomes: list[Outcome]) -> None:
-    sent = [o for o in of(outcomes, VALIDATE_NODES) if o.without.called]
+    sent = [o for o in validation(outcomes) if o.without.called]
     unjudged = [o for o in sent if not changes_what_validation_judges(o)]
     assert {o.write.kind for o in unjudged} >= {"label", "taint", "cordon", "annotation"}
     assert not any(o.with_.called for o in unjudged)
+
+
+def test_pod_cidr_writes_and_only_they_reach_the_fail_closed_webhook(outcomes: list[Outcome]) -> None:
+    # The podCIDR webhook is failurePolicy Fail: it must see every write that sets or changes a
+    # podCIDR and nothing else (kubelet's registration never waits on flannel-guard); the Ignore
+    # webhook sees the rest of what validation judges, and no write reaches both.
+    fail = {id(o.write): o.with_.called for o in of(outcomes, VALIDATE_PODCIDRS) if o.without.called}
+    rest = {id(o.write): o.with_.called for o in of(outcomes, VALIDATE_NODES) if o.without.called}
+    sent = [o for o in validation(outcomes) if o.without.called]
+    assert any(fail.values()) and any(rest.values())
+    for o in sent:
+        assert fail[id(o.write)] is sets_or_changes_pod_cidrs(o), o.write.kind
+        assert not (fail[id(o.write)] and rest[id(o.write)]), o.write.kind
+    registrations = [o for o in sent if o.write.kind == "register" and not sets_or_changes_pod_cidrs(o)]
+    if outcomes[0].write.admitted is None:
+        assert registrations and not any(fail[id(o.write)] for o in registrations)
 
 
 def test_mutation_is_called_exactly_for_nodes_without_a_podcidr(outcomes: list[Outcome]) -> None:
@@ -103,7 +153,7 @@ def test_mutation_is_called_exactly_for_nodes_without_a_podcidr(outcomes: list[O
 
 def test_fewer_calls_with_match_conditions_for_each_node_webhook(outcomes: list[Outcome]) -> None:
     counts = tally(outcomes)
-    for hook in (VALIDATE_NODES, MUTATE_NODES):
+    for hook in (VALIDATE_NODES, VALIDATE_PODCIDRS, MUTATE_NODES):
         assert 0 < counts[hook]["with"] < counts[hook]["without"], (hook, counts[hook])
 
 

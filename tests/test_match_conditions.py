@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 import pytest
-from admission_match import VALIDATE_NODES, called, expressions
+from admission_match import VALIDATE_NODES, VALIDATE_PODCIDRS, called, expressions
 
 Obj = dict[str, Any]
 
@@ -35,37 +35,47 @@ FLANNEL_IP = "flannel.alpha.coreos.com/public-ip"
 
 def test_every_webhook_with_conditions_is_covered() -> None:
     assert {h for h, exprs in EXPRESSIONS.items() if exprs} == {
-        VALIDATE_NODES, "nodes.mutate.flannel-guard.io", "configmaps.flannel-guard.io",
+        VALIDATE_NODES, VALIDATE_PODCIDRS, "nodes.mutate.flannel-guard.io", "configmaps.flannel-guard.io",
         "configmaps.mutate.flannel-guard.io"}
 
 
+# expected: which Node validating webhook kube-apiserver calls ("" none). A podCIDR write goes to
+# the failurePolicy Fail webhook, everything else the rules judge to the Ignore one, never both.
 @pytest.mark.parametrize(("case", "operation", "obj", "old", "expected"), [
-    ("registration", "CREATE", node(), None, True),
-    ("registration with a podCIDR", "CREATE", node("10.244.1.0/24"), None, True),
-    ("kube-controller-manager assigns", "UPDATE", node("10.244.1.0/24"), node(), True),
-    ("podCIDRs changed", "UPDATE", node("10.244.2.0/24"), node("10.244.1.0/24"), True),
+    ("registration", "CREATE", node(), None, VALIDATE_NODES),
+    ("registration with an empty podCIDR", "CREATE", node(podCIDR="", podCIDRs=[]), None, VALIDATE_NODES),
+    ("registration with a podCIDR", "CREATE", node("10.244.1.0/24"), None, VALIDATE_PODCIDRS),
+    ("registration with podCIDRs only", "CREATE", node(podCIDRs=["10.244.1.0/24"]), None, VALIDATE_PODCIDRS),
+    ("registration with a podCIDR and a flannel annotation", "CREATE",
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}), None, VALIDATE_PODCIDRS),
+    ("kube-controller-manager assigns", "UPDATE", node("10.244.1.0/24"), node(), VALIDATE_PODCIDRS),
+    ("podCIDRs changed", "UPDATE", node("10.244.2.0/24"), node("10.244.1.0/24"), VALIDATE_PODCIDRS),
+    ("podCIDR removed", "UPDATE", node(), node("10.244.1.0/24"), VALIDATE_PODCIDRS),
     ("dual-stack added", "UPDATE", node(podCIDR="10.244.1.0/24", podCIDRs=["10.244.1.0/24", "fd00::/64"]),
-     node("10.244.1.0/24"), True),
-    ("a label", "UPDATE", node("10.244.1.0/24"), node("10.244.1.0/24"), False),
+     node("10.244.1.0/24"), VALIDATE_PODCIDRS),
+    ("podCIDR and a flannel annotation together", "UPDATE",
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}), node(), VALIDATE_PODCIDRS),
+    ("a label", "UPDATE", node("10.244.1.0/24"), node("10.244.1.0/24"), ""),
     ("a taint", "UPDATE", node("10.244.1.0/24", taints=[{"key": "k", "effect": "NoSchedule"}]),
-     node("10.244.1.0/24"), False),
+     node("10.244.1.0/24"), ""),
     ("flannel annotation added", "UPDATE", node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}),
-     node("10.244.1.0/24"), True),
+     node("10.244.1.0/24"), VALIDATE_NODES),
     ("flannel annotation changed", "UPDATE", node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.2"}),
-     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}), True),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1"}), VALIDATE_NODES),
     ("flannel annotation removed", "UPDATE", node("10.244.1.0/24", {"other": "x"}),
-     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), True),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), VALIDATE_NODES),
     ("flannel annotations unchanged, another changed", "UPDATE",
      node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "y"}),
-     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), False),
-    ("no podCIDR either side, no annotations", "UPDATE", node(), node(), False),
+     node("10.244.1.0/24", {FLANNEL_IP: "192.0.2.1", "other": "x"}), ""),
+    ("no podCIDR either side, no annotations", "UPDATE", node(), node(), ""),
 ])
 def test_node_validation_is_called_only_when_what_it_judges_changes(
-        case: str, operation: str, obj: Obj, old: Obj | None, expected: bool) -> None:
+        case: str, operation: str, obj: Obj, old: Obj | None, expected: str) -> None:
     if case == "a label":
         obj = copy.deepcopy(obj)
         obj["metadata"]["labels"]["node-role.kubernetes.io/worker"] = ""
-    assert called(VALIDATE_NODES, operation, obj, old) is expected, case
+    hooks = [h for h in (VALIDATE_PODCIDRS, VALIDATE_NODES) if called(h, operation, obj, old)]
+    assert hooks == ([expected] if expected else []), case
 
 
 def test_node_mutation_is_called_only_for_nodes_without_a_podcidr() -> None:
