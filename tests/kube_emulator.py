@@ -375,6 +375,8 @@ class FakeKubeApi:
         app.router.add_patch("/api/v1/namespaces/{ns}/events/{name}", self._event_patch)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}", self._list_namespaced)
         app.router.add_get("/api/v1/namespaces/{ns}/{plural}/{name}", self._get_namespaced)
+        app.router.add_post("/api/v1/namespaces/{ns}/{plural}", self._create_namespaced)
+        app.router.add_put("/api/v1/namespaces/{ns}/{plural}/{name}", self._replace_namespaced)
         leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
         app.router.add_post(leases, self._lease_create)
         app.router.add_get(leases, self._lease_list)
@@ -803,4 +805,35 @@ class FakeKubeApi:
         if key not in self.objects:
             return aiohttp.web.json_response(
                 self._status(404, "NotFound", f'{key[0]} "{key[2]}" not found'), status=404)
+        return aiohttp.web.json_response(self.objects[key])
+
+    async def _create_namespaced(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        """POST a namespaced object (a ConfigMap): 409 AlreadyExists if the name is taken."""
+        self._seen(request)
+        ns, plural = request.match_info["ns"], request.match_info["plural"]
+        body = await request.json()
+        name = body["metadata"]["name"]
+        if (plural, ns, name) in self.objects:
+            return aiohttp.web.json_response(
+                self._status(409, "AlreadyExists", f'{plural} "{name}" already exists'), status=409)
+        body["metadata"]["namespace"] = ns
+        await self.put_object(plural, body)
+        return aiohttp.web.json_response(self.objects[(plural, ns, name)], status=201)
+
+    async def _replace_namespaced(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        """PUT: 404 if absent, 409 Conflict if the body's resourceVersion is not the stored one."""
+        self._seen(request)
+        key = (request.match_info["plural"], request.match_info["ns"], request.match_info["name"])
+        body = await request.json()
+        stored = self.objects.get(key)
+        if stored is None:
+            return aiohttp.web.json_response(
+                self._status(404, "NotFound", f'{key[0]} "{key[2]}" not found'), status=404)
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted and wanted != stored["metadata"]["resourceVersion"]:
+            return aiohttp.web.json_response(
+                self._status(409, "Conflict", f'Operation cannot be fulfilled on {key[0]} "{key[2]}":'
+                             " the object has been modified"), status=409)
+        body.setdefault("metadata", {}).update({"namespace": key[1], "name": key[2]})
+        await self.put_object(key[0], body)
         return aiohttp.web.json_response(self.objects[key])

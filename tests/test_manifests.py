@@ -33,6 +33,7 @@ from cryptography.x509.verification import DNSName, PolicyBuilder, Store, Verifi
 
 from webhook.core.constants import (
     NAMESPACE,
+    POLICY_PARAMS_CONFIGMAP,
     PORT_IN_CLUSTER,
     ROUTE_HEALTHZ,
     ROUTE_METRICS,
@@ -602,6 +603,10 @@ EXPECTED_GRANTS: set[Grant] = {
     *{("default", "", "events", v, ()) for v in ("create", "patch")},
     *{(NAMESPACE, "coordination.k8s.io", "leases", v, ())
       for v in ("get", "list", "watch", "create", "update", "delete")},
+    # The admission policy's parameter ConfigMap (webhook/kube/policyparams.py): by name,
+    # but create, which RBAC cannot limit to a name.
+    *{(NAMESPACE, "", "configmaps", v, (POLICY_PARAMS_CONFIGMAP,)) for v in ("get", "update")},
+    (NAMESPACE, "", "configmaps", "create", ()),
 }
 
 
@@ -686,7 +691,8 @@ def api_calls_in_code(sources: dict[str, str] | None = None) -> set[tuple[str, s
     watch too when called with ``watch=True`` or handed to ``Watch().stream``.
     """
     if sources is None:
-        sources = {p.name: p.read_text() for p in (ROOT / "webhook").rglob("*.py")
+        # Keyed by path: two modules of one name (core/ and kube/ policyparams.py) are both read.
+        sources = {str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "webhook").rglob("*.py")
                    if p.relative_to(ROOT / "webhook").parts[0].removesuffix(".py") not in OPERATOR_ONLY}
     methods = client_methods()
     calls = set()

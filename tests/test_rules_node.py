@@ -53,7 +53,9 @@ DUAL_NODES = {"a": ["10.244.1.0/24", "fd00:10:244:1::/64"]}
 
 @pytest.mark.parametrize(("cidrs", "expected"), [
     (("10.244.2.0/24", "fd00:10:244:2::/64"), []),
-    (("fd00:10:244:2::/64", "10.244.2.0/24"), []),
+    # kube-controller-manager pairs podCIDRs[i] with the i-th cluster-cidr (range_allocator.go).
+    (("fd00:10:244:2::/64", "10.244.2.0/24"), ["FamilyOrder"]),
+    (("fd00:10:244:2::/64",), ["FamilyOrder"]),
     (("10.244.2.0/24", "fd00:10:244:1::/64"), ["OverlapsNode"]),
     (("10.244.2.0/24", "fd00:10:245::/64"), ["OutsideClusterCIDR"]),
     (("10.244.2.0/24", "fd00:10:244:2::/80"), ["WrongSize"]),
@@ -176,3 +178,13 @@ def test_a_podcidr_with_host_bits_occupies_its_network_in_every_reader():
 
     model = node_model(node("w", "10.244.1.5/24"))
     assert model is not None and model.networks == (ipaddress.ip_network("10.244.1.0/24"),)
+
+
+def test_family_order_is_refused_as_kube_controller_manager_pairs_by_position():
+    """range_allocator.go occupyCIDRs: podCIDRs[i] is occupied in the i-th cluster-cidr's set."""
+    view = make_view("fd00:10:244::/56,10.244.0.0/16")  # an IPv6-first dual-stack cluster
+    assert errs(review_node("CREATE", node("b", "fd00:10:244:2::/64", "10.244.2.0/24"), None, view)) == []
+    [f] = review_node("CREATE", node("b", "10.244.2.0/24", "fd00:10:244:2::/64"), None, view)
+    assert (f.code, f.severity) == ("FamilyOrder", Severity.ERROR)
+    assert "podCIDRs[0] is IPv4" in f.summary and "range_allocator.go" in f.detail
+    assert '"podCIDRs":["fd00:10:244::/64","10.244.0.0/24"]' in f.fix  # the fix is in the cluster's order

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "LEASE_POLICY",
     "NAMESPACE",
+    "NODE_POLICY",
+    "POLICY_PARAMS_CONFIGMAP",
     "PORT_IN_CLUSTER",
     "ROUTE_HEALTHZ",
     "ROUTE_METRICS",
@@ -39,3 +42,12 @@ ROUTE_READYZ: Final = "/readyz"
 ROUTE_METRICS: Final = "/metrics"
 #: kubernetes.io/tls Secret holding tls.crt, tls.key and ca.crt.
 TLS_SECRET: Final = "flannel-guard-tls"
+
+#: The opt-in ValidatingAdmissionPolicies (manifests/components/admission-policy), each with
+#: a ValidatingAdmissionPolicyBinding of the same name: the stateless Node podCIDR rules,
+#: and Lease writes in NAMESPACE by flannel-guard's ServiceAccount only.
+NODE_POLICY: Final = "flannel-guard-node-podcidrs"
+LEASE_POLICY: Final = "flannel-guard-leases"
+#: The node policy's parameter ConfigMap (in NAMESPACE), written by the elected replica:
+#: keys in webhook.core.policyparams.
+POLICY_PARAMS_CONFIGMAP: Final = "flannel-guard-policy-params"

@@ -35,6 +35,7 @@ from webhook.kube.cluster import api_client, apply_resolution, discover
 from webhook.kube.events import EventRecorder
 from webhook.kube.leader import LeaderElector
 from webhook.kube.leases import LeaseStore, LeaseWatcher
+from webhook.kube.policyparams import PolicyParamsWriter
 from webhook.kube.sources import LiveSources, guarded_order
 from webhook.kube.watch import NodeWatcher, Reflector
 from webhook.service import limits
@@ -240,6 +241,9 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         assigner = Assigner(api, state, lambda: app.state.allocator, events=app.state.events,
                             enabled=lambda: settings.allocate and not state.kcm_allocates)
         tasks.append(asyncio.create_task(assigner.run(elector.leading)))
+        # The opt-in admission policy's parameters (manifests/components/admission-policy).
+        params = PolicyParamsWriter(api, settings.namespace, state)
+        tasks.append(asyncio.create_task(params.run(elector.leading)))
     log.info("serving", host=settings.host, port=settings.port, probe_port=settings.probe_port,
              mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),

@@ -236,6 +236,8 @@ def _judge(name: str, texts: list[str], single: object, view: ClusterView) -> li
             Severity.ERROR, "DuplicateFamily",
             f"node {name}: two podCIDRs of the same family ({', '.join(texts[:2])}).",
             "At most one per IP family (pkg/apis/core/validation ValidateNode)."))
+    if len(set(versions)) == len(versions) == len(texts):
+        out.extend(_family_order(name, nets, view))
     for net in nets:
         out.extend(_judge_one(name, net, view))
     if any(f.severity is Severity.ERROR for f in out):
@@ -250,6 +252,32 @@ def _judge(name: str, texts: list[str], single: object, view: ClusterView) -> li
                 f" includes {missing[0]}.",
             ))
     return out
+
+
+def _family_order(name: str, nets: list[IPNetwork], view: ClusterView) -> list[Finding]:
+    """podCIDRs[i] is of the family of the i-th cluster-cidr, as kube-controller-manager pairs them.
+
+    ``pkg/controller/nodeipam/ipam/range_allocator.go`` ``occupyCIDRs`` marks
+    ``podCIDRs[idx]`` in ``cidrSets[idx]`` by position: a node whose families are in another
+    order (or an IPv6-only node when the cluster-cidr starts with IPv4) fails with "failed to
+    mark cidr[...] at idx [0] as occupied", and at start-up ``NewCIDRRangeAllocator`` returns
+    that error, so the range allocator does not start. A family the cluster-cidr lacks is
+    FamilyNotInCluster instead.
+    """
+    cluster = list(view.cluster_cidr or ())
+    for i, net in enumerate(nets):
+        if view.cidr_of_family(net.version) is None:
+            continue
+        if i >= len(cluster) or cluster[i].version != net.version:
+            order = ",".join(str(n) for n in nets)
+            return [Finding(
+                Severity.ERROR, "FamilyOrder",
+                f"node {name}: podCIDRs {order} are not in the cluster-cidr's family order"
+                f" ({view.describe_cidr()}): podCIDRs[{i}] is {family_name(net)}.",
+                "kube-controller-manager pairs podCIDRs[i] with its i-th --cluster-cidr"
+                " (pkg/controller/nodeipam/ipam/range_allocator.go occupyCIDRs); its range"
+                " allocator then fails with 'failed to mark cidr ... as occupied'.")]
+    return []
 
 
 def _judge_one(name: str, net: IPNetwork, view: ClusterView) -> list[Finding]:
