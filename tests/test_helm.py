@@ -49,6 +49,11 @@ CHOICES: dict[str, dict[str, Any]] = {
                    "prometheus.enabled": "true", "clusterCidr": "172.18.0.0/16\\,fd00:10::/56",
                    "mode": "warn", "allocate": "false"},
     },
+    # components/admission-policy: the ValidatingAdmissionPolicies and their bindings.
+    "admission-policy": {
+        "overlay": {"resources": ["../../base", "../../certs"], "components": ["admission-policy"]},
+        "values": {"admissionPolicy.enabled": "true"},
+    },
     "image": {
         "overlay": {"resources": ["../../base", "../../certs"], "components": [],
                     "images": [{"name": "ghcr.io/flannel-guard/flannel-guard",
@@ -176,6 +181,24 @@ def test_the_choices_reach_the_container(renders: dict[str, tuple[dict[Key, Obj]
     (c,) = default[("Deployment", NAMESPACE, SERVICE)]["spec"]["template"]["spec"]["containers"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert c["image"] == f"ghcr.io/flannel-guard/flannel-guard:{chart['appVersion']}"
+
+
+def test_the_admission_policy_value_renders_the_component_and_is_off_by_default(
+        renders: dict[str, tuple[dict[Key, Obj], dict[Key, Obj]]]) -> None:
+    """A control: the policy choice is compared on real objects, not on two empty renders."""
+    from webhook.core.constants import LEASE_POLICY, NODE_POLICY, POLICY_PARAMS_CONFIGMAP
+
+    def policies(objs: dict[Key, Obj]) -> list[Key]:
+        return sorted(k for k in objs if k[0].startswith("ValidatingAdmissionPolicy"))
+
+    _, from_helm = renders["admission-policy"]
+    assert policies(from_helm) == sorted((kind, "", name) for name in (NODE_POLICY, LEASE_POLICY)
+                                         for kind in ("ValidatingAdmissionPolicy",
+                                                      "ValidatingAdmissionPolicyBinding"))
+    ref = from_helm[("ValidatingAdmissionPolicyBinding", "", NODE_POLICY)]["spec"]["paramRef"]
+    assert ref == {"name": POLICY_PARAMS_CONFIGMAP, "namespace": NAMESPACE,
+                   "parameterNotFoundAction": "Allow"}
+    assert all(policies(renders[name][1]) == [] for name in CHOICES if name != "admission-policy")
 
 
 @pytest.mark.parametrize("name", CHOICES)
