@@ -1,7 +1,8 @@
 """ValidatingAdmissionPolicies evaluated as kube-apiserver evaluates them, with cel-python.
 
-Restated from ``k8s.io/apiserver/pkg/admission/plugin/policy/`` (the ``validating``
-dispatcher and validator, ``generic.CollectParams``, ``matching``), for one request:
+Restated from kubernetes ``staging/src/k8s.io/apiserver/pkg/admission/plugin/policy/``
+(``validating/dispatcher.go`` Dispatch, ``validating/validator.go`` Validate,
+``generic/policy_dispatcher.go`` CollectParams, ``matching/matching.go``), for one request:
 
 1. The policy's ``matchConstraints`` and then each binding's ``matchResources`` must match
    (resource rules: operation, group, version, resource; ``namespaceSelector`` by the

@@ -20,7 +20,7 @@ from kube_emulator import FakeKubeApi, client_for
 
 from webhook.control.state import ClusterState
 from webhook.core.constants import NAMESPACE, NODE_POLICY, POLICY_PARAMS_CONFIGMAP
-from webhook.core.policyparams import KEYS, params_data, same_params
+from webhook.core.policyparams import KEYS, params_agree, params_data, same_params
 from webhook.kube.policyparams import PolicyParamsWriter
 
 KEY = ("configmaps", NAMESPACE, POLICY_PARAMS_CONFIGMAP)
@@ -51,6 +51,11 @@ def test_params_data_is_the_cluster_cidr_in_order_and_the_masks():
     assert not same_params(None, data)
     with pytest.raises(ValueError):
         params_data((), 24, 64, source="nowhere", observed_at="x")
+    # What doctor asks: the keys the policy reads, whatever the source says.
+    assert params_agree(dict(data, source="another description"), DUAL, 24, 64)
+    assert not params_agree(data, DUAL[::-1], 24, 64)  # the order is part of it
+    assert not params_agree(data, DUAL, 26, 64)
+    assert not params_agree({}, DUAL, 24, 64) and not params_agree(data, (), 24, 64)
 
 
 def test_created_when_missing_then_left_alone_while_current():

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from webhook.core.cidr import IPNetwork
 
-__all__ = ["KEYS", "POLICY_KEYS", "params_data", "same_params"]
+__all__ = ["KEYS", "POLICY_KEYS", "params_agree", "params_data", "same_params"]
 
 #: The keys the policy's expressions read.
 POLICY_KEYS = ("clusterCIDRs", "nodeCIDRMaskSizeIPv4", "nodeCIDRMaskSizeIPv6")
@@ -49,3 +49,16 @@ def same_params(stored: Mapping[str, object] | None, wanted: Mapping[str, str]) 
     if not isinstance(stored, Mapping):
         return False
     return all(stored.get(key) == wanted.get(key) for key in KEYS if key != "observedAt")
+
+
+def params_agree(stored: Mapping[str, object] | None, cluster_cidr: Sequence[IPNetwork],
+                 mask_v4: int, mask_v6: int) -> bool:
+    """Whether a stored ConfigMap's data gives the policy this cluster-cidr and these masks.
+
+    Only the keys the policy reads (``source`` is a description): what ``doctor`` asks to say
+    whether the parameters are current.
+    """
+    if not isinstance(stored, Mapping) or not cluster_cidr:
+        return False
+    wanted = params_data(cluster_cidr, mask_v4, mask_v6, source="", observed_at="")
+    return all(stored.get(key) == wanted[key] for key in POLICY_KEYS)
