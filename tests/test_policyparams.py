@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from admission_policy import PolicySet, evaluate, request_attrs
-from kube_emulator import FakeKubeApi, client_for
+from kube_emulator import ApiThread, FakeKubeApi, client_for, kubeconfig_file
+from server_process import serve
 
 from webhook.control.state import ClusterState
 from webhook.core.constants import NAMESPACE, NODE_POLICY, POLICY_PARAMS_CONFIGMAP
@@ -159,3 +162,21 @@ def test_the_policy_reads_what_the_leader_wrote():
     assert not verdict("10.99.7.0/24", "fd00:10:244:7::/64")    # outside
     assert not verdict("fd00:10:244:7::/64", "10.244.7.0/24")   # family order
     assert not verdict("10.244.7.0/25")                          # mask
+
+
+def test_a_served_replica_writes_the_parameters_once_it_leads(tmp_path):
+    """The wiring in ``serve``: a replica on the loopback API leads and writes the ConfigMap."""
+    api = ApiThread()
+    try:
+        cfg = kubeconfig_file(Path(tmp_path) / "kubeconfig", api.api.url)
+        with serve(tmp_path, "--kubeconfig", str(cfg), "--shutdown-delay", "0",
+                   cluster_cidr="10.244.0.0/16,fd00:10:244::/56"):
+            deadline = time.monotonic() + 30
+            while KEY not in api.api.objects:  # a condition with a deadline, not a fixed sleep
+                assert time.monotonic() < deadline, "the leader never wrote the parameters"
+                time.sleep(0.02)
+        data = api.api.objects[KEY]["data"]
+        assert (data["clusterCIDRs"], data["nodeCIDRMaskSizeIPv4"], data["nodeCIDRMaskSizeIPv6"],
+                data["source"]) == ("10.244.0.0/16,fd00:10:244::/56", "24", "64", "--cluster-cidr flag")
+    finally:
+        api.close()
