@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import subprocess
 from typing import Any
 
 import celpy
 import pytest
+import yaml
 from admission_policy import PolicySet, Verdict, evaluate, request_attrs
 from cel_k8s import CIDR, IP, CelK8s
 from conftest import make_view, node
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_helm import CHART, HELM
+from test_manifests import need_tool
 from test_rules_node import CASES, DUAL_NODES, NODES
 
 from webhook.core.constants import LEASE_POLICY, NAMESPACE, NODE_POLICY, POLICY_PARAMS_CONFIGMAP, SERVICE
@@ -321,3 +325,24 @@ def test_leases_elsewhere_and_the_namespace_being_deleted_are_left_alone():
     controller = "system:serviceaccount:kube-system:namespace-controller"
     assert lease_verdict("DELETE", controller, terminating=True).allowed  # uninstall empties it
     assert not lease_verdict("CREATE", controller, terminating=True).allowed
+
+
+def test_the_chart_renders_the_policies_for_its_release_namespace():
+    """Installed elsewhere, the chart's policies name that namespace, and judge as the component does."""
+    out = subprocess.run([str(need_tool(HELM)), "template", "fg", str(CHART), "--namespace", "guard",
+                          "--set", "admissionPolicy.enabled=true", "--set", "certManager.enabled=true"],
+                         capture_output=True, text=True, check=True).stdout
+    chart = PolicySet.load([d for d in yaml.safe_load_all(out) if d and d["kind"].startswith("Validating")
+                            and "Webhook" not in d["kind"]])
+    assert sorted(chart.policies) == sorted(POLICIES.policies)
+    ref = chart.bindings_of(NODE_POLICY)[0]["spec"]["paramRef"]
+    assert (ref["name"], ref["namespace"]) == (POLICY_PARAMS_CONFIGMAP, "guard")
+    moved = {("guard", POLICY_PARAMS_CONFIGMAP): next(iter(params().values()))}
+    assert node_verdict("CREATE", node("w", "10.244.3.0/24"), param=moved, policies=chart).allowed
+    assert not node_verdict("CREATE", node("w", "10.99.3.0/24"), param=moved, policies=chart).allowed
+    req = request_attrs("CREATE", group="coordination.k8s.io", version="v1", resource="leases", kind="Lease",
+                        name="x", namespace="guard", username="system:serviceaccount:guard:flannel-guard")
+    ns = {"metadata": {"name": "guard", "labels": {"kubernetes.io/metadata.name": "guard"}}}
+    assert evaluate(chart, LEASE_POLICY, req, {"metadata": {"name": "x"}}, None, namespace=ns).allowed
+    req["userInfo"]["username"] = SA  # flannel-guard's account of the default namespace: not this one
+    assert not evaluate(chart, LEASE_POLICY, req, {"metadata": {"name": "x"}}, None, namespace=ns).allowed
