@@ -122,20 +122,33 @@ def test_a_refused_write_is_reported_not_raised():
     run(scenario())
 
 
-def test_only_the_leader_writes():
+def test_only_the_leader_writes_and_a_change_is_written_at_once():
     async def scenario() -> None:
         async with FakeKubeApi() as api:
-            writer = PolicyParamsWriter(client_for(api.url), NAMESPACE, state(), interval=0.05)
+            st = state()
+            writer = PolicyParamsWriter(client_for(api.url), NAMESPACE, st, interval=3600, poll=0.01)
             leading = asyncio.Event()
             task = asyncio.create_task(writer.run(leading))
             try:
-                # Not leading: the task runs up to its wait on the event and makes no request.
-                for _ in range(5):
-                    await asyncio.sleep(0)
+                # Not leading: the loop waits for the Lease and has made no request.
+                await asyncio.wait_for(writer.parked.wait(), 10)
                 assert writes(api) == [] and not writer.current.is_set()
                 leading.set()
                 await asyncio.wait_for(writer.current.wait(), 10)
                 assert api.objects[KEY]["data"]["nodeCIDRMaskSizeIPv6"] == "64"
+                # Discovery changes: the next poll writes it (the hourly re-read is far off).
+                writer.current.clear()
+                st.mask_v6 = 80
+                await asyncio.wait_for(writer.current.wait(), 10)
+                assert api.objects[KEY]["data"]["nodeCIDRMaskSizeIPv6"] == "80"
+                # Leadership lost: nothing more is written, whatever changes.
+                leading.clear()
+                await asyncio.wait_for(writer.parked.wait(), 10)
+                before = len(api.requests)
+                st.mask_v6 = 96
+                for _ in range(3):  # let the loop run if it could: it waits on the Lease
+                    await asyncio.sleep(0)
+                assert writer.parked.is_set() and len(api.requests) == before and writer.writes == 2
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

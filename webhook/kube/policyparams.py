@@ -3,9 +3,10 @@
 The ValidatingAdmissionPolicy ``flannel-guard-node-podcidrs`` (opt-in,
 manifests/components/admission-policy) reads the cluster-cidr and node mask sizes from
 the ConfigMap ``flannel-guard-policy-params`` in flannel-guard's namespace. While this
-replica leads (:class:`~webhook.kube.leader.LeaderElector`), each pass reads it and, when
-it is missing or says something else than discovery (:mod:`webhook.core.policyparams`),
-creates or replaces it. Nothing is written while the cluster-cidr is unknown: the binding
+replica leads (:class:`~webhook.kube.leader.LeaderElector`), a pass reads it and, when it is
+missing or says something else than discovery (:mod:`webhook.core.policyparams`), creates
+or replaces it: within a second of a change of the cluster-cidr or masks, and once a minute
+(a ConfigMap deleted or edited by hand). Nothing is written while the cluster-cidr is unknown: the binding
 then finds either no ConfigMap (``parameterNotFoundAction: Allow``) or the last values.
 
 RBAC (manifests/base/rbac.yaml): get and update of that one ConfigMap by name, and create
@@ -46,29 +47,44 @@ class PolicyParamsWriter:
     """Creates or replaces the parameter ConfigMap from ``state`` while ``leading`` is set."""
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, state: ClusterState, *,
-                 interval: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+                 interval: float = 60.0, poll: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self._api = api
         self._namespace = namespace
         self._state = state
         self._interval = interval
+        self._poll = poll
         self._clock = clock
         self._path = f"/api/v1/namespaces/{quote(namespace)}/configmaps"
         #: Set after each pass that left the ConfigMap current (tests await it).
         self.current = asyncio.Event()
+        #: Set while the loop waits to lead (writes nothing).
+        self.parked = asyncio.Event()
         self.writes = 0
 
     async def run(self, leading: asyncio.Event) -> None:
-        """Until cancelled: while leading, a pass every ``interval`` seconds."""
+        """Until cancelled: while leading, a pass when discovery changes (looked at every ``poll``
+        seconds, no request) and every ``interval`` seconds (a deleted or edited ConfigMap)."""
+        confirmed: tuple[object, ...] | None = None
+        checked = 0.0
         while True:
-            await leading.wait()
-            try:
-                outcome = await self.sync_once()
-            except Exception:
-                log.exception("policy parameters pass failed")
-                outcome = "failed"
-            if outcome in ("created", "replaced", "current"):
-                self.current.set()
-            await asyncio.sleep(self._interval)
+            if not leading.is_set():
+                confirmed = None  # leading again: read it again first
+                self.parked.set()
+                await leading.wait()
+                self.parked.clear()
+            state = self._state
+            facts = (state.cluster_cidr, state.mask_v4, state.mask_v6, state.cidr_source)
+            if facts != confirmed or time.monotonic() - checked >= self._interval:
+                try:
+                    outcome = await self.sync_once()
+                except Exception:
+                    log.exception("policy parameters pass failed")
+                    outcome = "failed"
+                checked = time.monotonic()
+                confirmed = facts if outcome in ("created", "replaced", "current") else None
+                if confirmed is not None:
+                    self.current.set()
+            await asyncio.sleep(self._poll)
 
     async def sync_once(self) -> str:
         """One pass: ``created``, ``replaced``, ``current``, ``unknown`` (no cluster-cidr) or ``failed``."""
