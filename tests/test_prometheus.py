@@ -10,6 +10,8 @@ same rules, and sees the series and an alert go pending when the pool fills up.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -23,6 +25,7 @@ import pytest
 import yaml
 from conftest import node, review
 from kube_emulator import ApiThread, free_port, kubeconfig_file
+from kube_emulator import node as api_node
 from server_process import ServerProcess, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +98,7 @@ def exposed_names(text: str) -> set[str]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
+def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int, ApiThread]]:
     """A server in cluster mode on the loopback API, as deployed (the API's series exist then)."""
     probe_port = free_port()
     api = ApiThread()
@@ -103,13 +106,14 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
         cfg = kubeconfig_file(tmp_path / "kubeconfig", api.api.url)
         with serve(tmp_path, "--kubeconfig", str(cfg), "--probe-port", str(probe_port),
                    cluster_cidr="10.244.0.0/22") as running:
-            yield running, probe_port
+            yield running, probe_port, api
     finally:
         api.close()
 
 
-def test_every_series_the_rules_use_is_one_the_server_emits(server: tuple[ServerProcess, int]) -> None:
-    running, probe_port = server
+def test_every_series_the_rules_use_is_one_the_server_emits(
+        server: tuple[ServerProcess, int, ApiThread]) -> None:
+    running, probe_port, _ = server
     client = running.client()
     # Counters with labels have samples once counted: one denial, one allowed.
     client.post("/validate", json=review(node("bad", "192.168.0.0/24")))
@@ -139,8 +143,8 @@ def wait_for(what: str, check: Any, deadline_s: float = 120) -> Any:
 
 
 def test_a_real_prometheus_scrapes_the_server_with_the_shipped_settings(
-        server: tuple[ServerProcess, int], tmp_path: Path) -> None:
-    running, probe_port = server
+        server: tuple[ServerProcess, int, ApiThread], tmp_path: Path) -> None:
+    running, probe_port, api = server
     ep = endpoint()
     deployment = yaml.safe_load((ROOT / "manifests" / "base" / "deployment.yaml").read_text())
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -192,8 +196,15 @@ def test_a_real_prometheus_scrapes_the_server_with_the_shipped_settings(
 
         # Fill the pool (4 blocks of /24 in a /22): the rules see it and the alerts go pending.
         client = running.client()
-        for i in range(4):
-            assert client.post("/mutate", json=review(node(f"worker-{i}"))).json()["response"]["patch"]
+        for i in range(4):  # as the API server does: /mutate, /validate of the patched Node, stored
+            patch = client.post("/mutate", json=review(node(f"worker-{i}"))).json()["response"]["patch"]
+            cidr = json.loads(base64.b64decode(patch))[0]["value"]
+            checked = client.post("/validate", json=review(node(f"worker-{i}", cidr))).json()["response"]
+            assert checked["allowed"]
+            api.call(api.api.put_node(api_node(f"worker-{i}", cidr)))
+            # Indexed (no claim waits for its Node): the next join is within the pending cap (1 here).
+            wait_for(f"worker-{i} indexed",
+                     lambda: running.metric("flannel_guard_pending_claims", client) == 0)
         pending = wait_for("FlannelGuardPodCIDRPoolFull pending", lambda: query(
             base, 'ALERTS{alertname="FlannelGuardPodCIDRPoolFull"}'))
         assert pending[0]["metric"]["cluster_cidr"] == "10.244.0.0/22"

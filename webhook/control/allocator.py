@@ -27,19 +27,25 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from webhook.core.cidr import IPNetwork
 from webhook.core.cidrset import CidrSet, RangeExhaustedError
+from webhook.core.claimpolicy import LEASE_PREFIX, lease_name, renewable
 from webhook.core.claims import Claim, ClaimBook
 from webhook.core.dualstack import DualStackAllocator
 from webhook.core.nodeindex import NodeCidrIndex
 
+if TYPE_CHECKING:
+    from webhook.control.pending import PendingClaims
+
 __all__ = [
+    "LEASE_PREFIX",
     "Allocator",
     "ClaimStore",
+    "ClaimWithheld",
     "MemoryStore",
     "RangeExhaustedError",
     "Reservation",
@@ -52,11 +58,15 @@ __all__ = [
 
 log = structlog.get_logger("flannel_guard.allocator")
 
-LEASE_PREFIX = "podcidr-"
-
 
 class StoreUnavailable(Exception):
     """Raised when a claim cannot be read or written (the API is unreachable or refuses)."""
+
+
+class ClaimWithheld(Exception):
+    """No claim is made for this node now (issue 28): the pending cap is reached, or its name is
+    not stored and its claim is past the orphan age. The Node is admitted without a podCIDR;
+    the assigning loop gives it one once it is stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +103,6 @@ class ClaimStore(Protocol):
 ReservationStore = ClaimStore
 
 
-def lease_name(cidr: IPNetwork) -> str:
-    """A DNS-1123 name that is a function of the CIDR alone, e.g. ``podcidr-v4-10-244-1-0-24``."""
-    if cidr.version == 4:
-        return f"{LEASE_PREFIX}v4-{str(cidr.network_address).replace('.', '-')}-{cidr.prefixlen}"
-    return f"{LEASE_PREFIX}v6-{cidr.network_address.exploded.replace(':', '')}-{cidr.prefixlen}"
-
-
 def node_hash(node: str) -> str:
     """A label value for a node name (names may be longer than a label value's 63 characters)."""
     return hashlib.sha256(node.encode()).hexdigest()[:40]
@@ -125,7 +128,9 @@ class MemoryStore:
         held = self.book.get(cidr)
         if held is not None:
             return held
-        claim = Claim(cidr, node, self._clock(), uid=f"memory-{self._writes + 1}", version=self._version())
+        now = self._clock()
+        claim = Claim(cidr, node, now, uid=f"memory-{self._writes + 1}", version=self._version(),
+                      acquired=now)
         self.book.put(claim)
         return claim
 
@@ -133,7 +138,8 @@ class MemoryStore:
         held = self.book.get(claim.cidr)
         if held is None or held.node != claim.node:
             return None
-        renewed = Claim(held.cidr, held.node, self._clock(), uid=held.uid, version=self._version())
+        renewed = Claim(held.cidr, held.node, self._clock(), uid=held.uid, version=self._version(),
+                        acquired=held.acquired_at)
         self.book.put(renewed)
         return renewed
 
@@ -162,6 +168,7 @@ class Allocator:
         grace: float = 600.0,
         clock: Callable[[], float] = time.time,
         service_ranges: Sequence[IPNetwork] = (),
+        pending: PendingClaims | None = None,
     ) -> None:
         self._alloc = DualStackAllocator.from_index(cluster_cidr, index, mask_v4=mask_v4, mask_v6=mask_v6)
         # As kube-controller-manager's range allocator (range_allocator.go filterOutServiceRange):
@@ -173,6 +180,8 @@ class Allocator:
         self._book = store.book
         self._grace = grace
         self._clock = clock
+        # The cap on claims for nodes not stored, and the orphan age (None: neither, as in tests).
+        self._pending = pending
         self._inflight: dict[str, asyncio.Future[tuple[IPNetwork, ...]]] = {}
         self._alloc.occupy(c.cidr for c in self._book)
         self._closed = False
@@ -262,8 +271,24 @@ class Allocator:
             running.add_done_callback(lambda _: self._inflight.pop(node, None))
         return await asyncio.shield(running)
 
+    def _withhold(self, node: str, held: dict[int, Claim]) -> None:
+        """Raise :class:`ClaimWithheld` when ``node`` may not renew or make its claims now."""
+        gate = self._pending
+        if gate is None:
+            return
+        stored = gate.stored(node)
+        now = self._clock()
+        for claim in held.values():
+            if not renewable(claim.acquired_at, stored, now, gate.policy().orphan_after):
+                raise ClaimWithheld(f"node {node[:60]} is not stored and its claim of {claim.cidr} is"
+                                    " past the orphan age: not renewed")
+        new = sum(1 for s in self._alloc.sets if s.cluster.version not in held)
+        if not gate.admits(node, new):
+            raise ClaimWithheld(f"not claimed: {gate.describe()}")
+
     async def _assign(self, node: str) -> tuple[IPNetwork, ...]:
         held = self._held(node)
+        self._withhold(node, held)
         won: list[IPNetwork] = []
         created: list[IPNetwork] = []
         try:

@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from webhook.control.allocator import ClaimStore, Reservation, StoreUnavailable, reclaim_expired
+from webhook.control.pending import PendingClaims
 from webhook.core.cidr import IPNetwork
+from webhook.core.claimpolicy import orphan, pending
 from webhook.core.claims import Claim, ClaimConflict, ClaimOutcome, conflicts, to_write
 from webhook.core.nodeindex import NodeCidrIndex
 
@@ -45,8 +47,11 @@ class Claimer:
     def __init__(self, store: ClaimStore, index: NodeCidrIndex, *, fresh: float = 60.0,
                  grace: float = 600.0, clock: Callable[[], float] = time.time,
                  orphan_after: float = 120.0,
-                 index_confirmed: Callable[[], float | None] | None = None) -> None:
+                 index_confirmed: Callable[[], float | None] | None = None,
+                 pending: PendingClaims | None = None) -> None:
         self.store = store
+        # The cap on claims for nodes not stored yet (None: no cap, as in unit tests).
+        self.pending = pending
         self._grace = grace
         self._orphan_after = orphan_after
         # Wall-clock time of the node index's last confirmation by the API (None: never, or
@@ -71,6 +76,10 @@ class Claimer:
             return ClaimOutcome("dry-run")
         if not writes:
             return ClaimOutcome("known")
+        new = [c for c in writes if (held := self.book.get(c)) is None or held.node != node]
+        if self.pending is not None and not self.pending.admits(node, len(new)):
+            # Judged without claiming: what is known in memory was checked above; no Lease is made.
+            return ClaimOutcome("capped", error=self.pending.describe())
         created: list[Claim] = []
         try:
             for cidr in writes:
@@ -126,7 +135,13 @@ class Claimer:
     # -- claims whose Node never appeared (or whose Node holds the CIDR itself by now) -------
 
     async def reclaim(self) -> list[Reservation]:
-        """Claims past the grace period, then orphans (:meth:`release_orphans`)."""
+        """Claims past the grace period, then orphans (:meth:`release_orphans`).
+
+        First every claim is judged again (:meth:`~webhook.core.claims.ClaimBook.retrust`):
+        a time that was ahead of the clock may not be any more.
+        """
+        if self.book.gate is not None:
+            self.book.retrust()
         out = await reclaim_expired(self.store, self._index, self._grace, self._clock())
         return out + await self.release_orphans()
 
@@ -135,11 +150,12 @@ class Claimer:
 
         A claim is made before its Node is stored; the API server stores it within its
         webhook timeout (at most 30 s) or never (refused later in the chain, or a forged
-        review). Once a claim is ``orphan_after`` seconds old, its node holds no podCIDR
-        in the index, and the index was confirmed by the API after that age was reached
-        (a watch event or bookmark: events arrive in order, so a stored Node would have
-        been seen), the node does not hold it and nothing else can: it is released. A
-        forged Node CREATE thus holds a CIDR for minutes at most, never the grace period.
+        review). Once a claim is ``orphan_after`` seconds old *by acquisition* (renewals do
+        not count), its holder does not hold that CIDR in the index (not stored, or stored
+        with another podCIDR), and the index was confirmed by the API after that age was
+        reached (a watch event or bookmark: events arrive in order, so a stored Node would
+        have been seen), it is released (:func:`webhook.core.claimpolicy.orphan`). A forged
+        Node review thus holds a CIDR for minutes at most, however often it is re-sent.
         """
         confirmed = self._index_confirmed()
         if confirmed is None:
@@ -147,9 +163,9 @@ class Claimer:
         now = self._clock()
         freed = []
         for claim in self.book:
-            if claim.node in self._index or now - claim.since < self._orphan_after:
-                continue
-            if confirmed < claim.since + self._orphan_after:
+            # By acquisition, not renewal; a holder stored with another podCIDR is no excuse.
+            if not orphan(claim.acquired_at, pending(claim.cidr, claim.node, self._index.cidrs_of), now,
+                          confirmed, self._orphan_after):
                 continue
             if await self.store.delete(claim):
                 freed.append(Reservation(claim.cidr, claim.node, claim.since))

@@ -12,8 +12,8 @@ from typing import Any
 from webhook.core.cidr import IPNetwork, parse_cidr_list
 from webhook.core.rules import Mode, RuleSettings
 
-__all__ = ["DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "EnvironmentError_", "Settings",
-           "load_environment"]
+__all__ = ["CLAIM_CLOCK_SKEW", "DEFAULT_CLUSTER_CIDR", "ENV_PREFIX", "MAX_BODY_BYTES", "PENDING_CLAIMS_MAX",
+           "PENDING_CLAIMS_SHARE", "EnvironmentError_", "Settings", "load_environment"]
 
 # flannel's own default (kube-flannel.yml "Network") and kubeadm's usual --pod-network-cidr.
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
@@ -22,6 +22,19 @@ ENV_PREFIX = "FLANNEL_GUARD_"
 # API server's --max-request-bytes default 3 MiB); an AdmissionReview carries object and
 # oldObject, so twice that plus the envelope is the most a real review can be.
 MAX_BODY_BYTES = 7 * 1024 * 1024
+# Claims for Nodes not stored yet (pending: a joining node between /mutate and the API server
+# storing it, or a forged review) are capped per cluster at the smaller of these two figures:
+# 64 claims, or a quarter of the pool (the node blocks of the smallest cluster-cidr family).
+# A real join holds a pending claim for the time the API server takes to store the Node (well
+# under a second; at most the webhook timeout), so even 1,000 nodes joining in a minute hold a
+# handful at once; a forged load holds at most the cap, and the other three quarters of a
+# /16's 256 blocks (192) stay for real nodes. Beyond the cap /mutate admits without a podCIDR
+# (the assigning loop gives one once the Node is stored) and /validate judges without claiming.
+PENDING_CLAIMS_MAX = 64
+PENDING_CLAIMS_SHARE = 0.25
+# Seconds a claim's acquire or renew time may be ahead of this replica's clock and still be
+# believed (replicas' clocks differ by NTP's milliseconds; a Lease dated 2099 is not a claim).
+CLAIM_CLOCK_SKEW = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,10 @@ class Settings:
     on_claim_failure: str = "deny"
     # Seconds a reservation lives before it is reclaimed (its node then holds the CIDR itself).
     reservation_grace: float = 600.0
+    # The cap on pending claims and the clock skew tolerated (the figures above, issue 28).
+    pending_claims_max: int = PENDING_CLAIMS_MAX
+    pending_claims_share: float = PENDING_CLAIMS_SHARE
+    claim_clock_skew: float = CLAIM_CLOCK_SKEW
     # The assigning loop's leader election: seconds a leader's Lease lasts without renewal.
     leader_lease_duration: int = 15
     # Correct a flannel ConfigMap's Network to the cluster-cidr instead of refusing it.

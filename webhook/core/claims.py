@@ -33,6 +33,7 @@ __all__ = [
     "ClaimBook",
     "ClaimConflict",
     "ClaimOutcome",
+    "Untrusted",
     "conflict_message",
     "conflicts",
     "newer",
@@ -46,6 +47,8 @@ class Claim:
     """``cidr`` held by ``node`` since ``since`` (seconds since the epoch, the last write).
 
     ``uid`` and ``version`` are the Lease's (empty in memory, or before the API answered).
+    ``acquired`` is when the claim was first made (a renewal keeps it; 0: unknown, read as
+    ``since``); ``lease`` the name of the Lease that records it (empty in memory).
     """
 
     cidr: IPNetwork
@@ -53,6 +56,21 @@ class Claim:
     since: float
     uid: str = ""
     version: str = ""
+    acquired: float = 0.0
+    lease: str = ""
+
+    @property
+    def acquired_at(self) -> float:
+        """When the claim was made: what the orphan rule measures, however often it was renewed."""
+        return self.acquired or self.since
+
+
+@dataclass(frozen=True, slots=True)
+class Untrusted:
+    """A claim that is not believed (:func:`webhook.core.claimpolicy.distrust`), and why."""
+
+    claim: Claim
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +102,22 @@ class ClaimBook:
     """Every claim this replica knows of: by CIDR, by holder, and an overlap index.
 
     Observers (the allocator's free-CIDR sets) hear ``(cidr, held)`` after each change.
+    With a ``gate`` (a claim -> why it is not believed, or None), a claim the gate refuses
+    never enters the book: it is kept apart in :attr:`untrusted` (by Lease, at most
+    :attr:`UNTRUSTED_MAX`) to be reported, and never occupies its CIDR.
     """
 
-    def __init__(self) -> None:
+    UNTRUSTED_MAX = 4096
+
+    def __init__(self, gate: Callable[[Claim], str | None] | None = None) -> None:
         self._by_cidr: dict[IPNetwork, Claim] = {}
         self._by_node: dict[str, dict[IPNetwork, None]] = {}
         self.index = NodeCidrIndex()
         self._observers: list[Callable[[IPNetwork, bool], None]] = []
+        self.gate = gate
+        self.untrusted: dict[str, Untrusted] = {}
+        # Bumped by every change of the trusted content (answers computed from it stay valid meanwhile).
+        self.generation = 0
 
     def subscribe(self, observer: Callable[[IPNetwork, bool], None]) -> None:
         self._observers.append(observer)
@@ -116,10 +143,22 @@ class ClaimBook:
         return out
 
     def put(self, claim: Claim) -> None:
-        """Record ``claim``, replacing whatever was known for its CIDR."""
+        """Record ``claim``, replacing whatever was known for its CIDR (set it apart if untrusted)."""
+        reason = self.gate(claim) if self.gate is not None else None
+        key = claim.lease or str(claim.cidr)
+        if reason is not None:
+            # The same Lease believed before (its content changed since): it holds nothing now.
+            known = self._by_cidr.get(claim.cidr)
+            if known is not None and claim.uid and known.uid == claim.uid:
+                self.drop(claim.cidr, uid=claim.uid)
+            if key in self.untrusted or len(self.untrusted) < self.UNTRUSTED_MAX:
+                self.untrusted[key] = Untrusted(claim, reason)
+            return
+        self.untrusted.pop(key, None)
         before = self._by_cidr.get(claim.cidr)
         if before == claim:
             return
+        self.generation += 1
         if before is not None and before.node != claim.node:
             self._unlink(before)
         self._by_cidr[claim.cidr] = claim
@@ -130,11 +169,16 @@ class ClaimBook:
         if before is None:
             self._notify(claim.cidr, True)
 
-    def drop(self, cidr: IPNetwork, *, uid: str = "") -> bool:
-        """Forget the claim of ``cidr`` (only the Lease ``uid`` when one is given)."""
+    def drop(self, cidr: IPNetwork, *, uid: str = "", lease: str = "") -> bool:
+        """Forget the claim of ``cidr`` (only the Lease ``uid`` when one is given); an untrusted
+        one of the Lease ``lease`` (or of that CIDR, in memory) is forgotten too."""
+        gone = self.untrusted.get(lease or str(cidr))
+        if gone is not None and (not uid or not gone.claim.uid or gone.claim.uid == uid):
+            del self.untrusted[lease or str(cidr)]
         claim = self._by_cidr.get(cidr)
         if claim is None or (uid and claim.uid and claim.uid != uid):
             return False
+        self.generation += 1
         del self._by_cidr[cidr]
         self._unlink(claim)
         self._notify(cidr, False)
@@ -142,11 +186,18 @@ class ClaimBook:
 
     def replace_all(self, claims: Iterable[Claim]) -> None:
         """Make the content exactly ``claims`` (a relist)."""
-        wanted = {c.cidr: c for c in claims}
+        every = list(claims)
+        self.untrusted.clear()
+        trusted = [c for c in every if self.gate is None or self.gate(c) is None]
+        wanted = {c.cidr: c for c in trusted}
         for cidr in [c for c in self._by_cidr if c not in wanted]:
             self.drop(cidr)
-        for claim in wanted.values():
+        for claim in every:
             self.put(claim)
+
+    def retrust(self) -> None:
+        """Judge every claim again (the cluster-cidr or a mask changed, or time went by)."""
+        self.replace_all([*self._by_cidr.values(), *(u.claim for u in self.untrusted.values())])
 
     def _unlink(self, claim: Claim) -> None:
         held = self._by_node.get(claim.node)
@@ -236,7 +287,8 @@ class ClaimOutcome:
 
     ``status``: ``claimed`` (written now), ``known`` (the node's own fresh claims, no
     write), ``dry-run`` (checked, nothing written), ``conflict`` (held by another),
-    ``unavailable`` (the claim could not be written: ``error`` says why).
+    ``unavailable`` (the claim could not be written: ``error`` says why), ``capped`` (judged
+    without claiming: the cap on claims for nodes not stored yet is reached; ``error`` says so).
     """
 
     status: str

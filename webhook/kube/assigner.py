@@ -26,7 +26,7 @@ import structlog
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.control.allocator import Allocator, ClaimWithheld, RangeExhaustedError, StoreUnavailable
 from webhook.control.state import ClusterState
 from webhook.kube.events import EventRecorder
 from webhook.kube.raw import raw_request
@@ -51,6 +51,14 @@ class Assigner:
         self._interval = interval
         self.assigned = 0
         self.passes = 0
+        # Set when a block may have become free while a pass found the range exhausted.
+        self._exhausted = False
+
+    def wake(self) -> None:
+        """A block was set free: after an exhausted pass, run the next one now, not at ``interval``."""
+        if self._exhausted and self._state.unassigned:
+            self._exhausted = False
+            self._state.unassigned_changed.set()
 
     async def run(self, leading: asyncio.Event) -> None:
         """Until cancelled: while leading, a pass at every new unassigned Node (or each ``interval``)."""
@@ -77,6 +85,8 @@ class Assigner:
             try:
                 cidrs = await allocator.assign(name)
             except RangeExhaustedError as e:
+                # Not the end of the loop: the next freed block (wake) starts another pass.
+                self._exhausted = True
                 if self._events is not None:
                     self._events.warning(name, "CIDRNotAvailable",
                                          f"Node {name} status is now: CIDRNotAvailable ({e})")
@@ -84,6 +94,9 @@ class Assigner:
             except StoreUnavailable as e:
                 log.warning("podCIDR not claimed; next pass retries", node=name[:253], error=str(e)[:200])
                 break
+            except ClaimWithheld as e:
+                log.info("podCIDR not claimed now; next pass retries", node=name[:253], error=str(e)[:200])
+                continue
             if await self._patch(name, [str(c) for c in cidrs]):
                 done += 1
                 self._state.mark_assigned(name, True)

@@ -72,10 +72,12 @@ def claim_of(lease: object) -> Claim | None:
     except CidrError:
         return None
     node = spec.get("holderIdentity") or annotations.get(ANNOTATION_NODE) or ""
-    since = (_parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
-             or _parse_time(meta.get("creationTimestamp")))
+    # Acquisition apart from renewal: the orphan rule measures the first, whatever the second says.
+    acquired = _parse_time(spec.get("acquireTime")) or _parse_time(meta.get("creationTimestamp"))
+    since = _parse_time(spec.get("renewTime")) or acquired
     return Claim(cidr=cidr, node=str(node)[:253], since=since, uid=str(meta.get("uid") or ""),
-                 version=str(meta.get("resourceVersion") or ""))
+                 version=str(meta.get("resourceVersion") or ""), acquired=acquired,
+                 lease=str(meta.get("name") or "")[:253])
 
 
 class LeaseStore:
@@ -112,7 +114,7 @@ class LeaseStore:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise StoreUnavailable(f"Kubernetes API unreachable: {type(e).__name__}: {str(e)[:160]}") from e
 
-    def _body(self, cidr: IPNetwork, node: str, at: float) -> dict[str, Any]:
+    def _body(self, cidr: IPNetwork, node: str, at: float, acquired: float = 0.0) -> dict[str, Any]:
         stamp = _format(at)
         return {
             "apiVersion": "coordination.k8s.io/v1",
@@ -123,7 +125,8 @@ class LeaseStore:
                 "labels": {LABEL_MANAGED[0]: LABEL_MANAGED[1], LABEL_NODE_HASH: node_hash(node)},
                 "annotations": {ANNOTATION_NODE: node, ANNOTATION_CIDR: str(cidr)},
             },
-            "spec": {"holderIdentity": node, "acquireTime": stamp, "renewTime": stamp,
+            "spec": {"holderIdentity": node, "acquireTime": _format(acquired) if acquired else stamp,
+                     "renewTime": stamp,
                      "leaseDurationSeconds": self._duration},
         }
 
@@ -154,6 +157,11 @@ class LeaseStore:
                     continue  # reclaimed between our create and our read: try again
                 raise _unavailable("read", e) from e
             found = self._learn(held)
+            if found is not None and self.book.gate is not None and self.book.gate(found) is not None:
+                # Not a claim (planted, or its time is in the future): it holds nothing, and it
+                # must not hold the name either. Deleted only as the version read, then created.
+                await self.delete(found)
+                continue
             return found or Claim(cidr, "(unknown holder)", 0.0)
         raise StoreUnavailable(f"Lease {lease_name(cidr)} keeps appearing and disappearing")
 
@@ -164,7 +172,8 @@ class LeaseStore:
         the same Lease (:meth:`delete` with the older version) then fails instead.
         """
         for attempt in range(2):
-            body = self._body(claim.cidr, claim.node, self._clock())
+            # A renewal moves renewTime only: the acquisition stays what the orphan rule measures.
+            body = self._body(claim.cidr, claim.node, self._clock(), claim.acquired_at)
             if claim.version:
                 body["metadata"]["resourceVersion"] = claim.version
             try:
@@ -201,15 +210,16 @@ class LeaseStore:
                 pre["uid"] = claim.uid
             options = {"preconditions": pre}
         try:
-            await self._call("delete_namespaced_lease", self._path(lease_name(claim.cidr)), options or None)
+            await self._call("delete_namespaced_lease", self._path(claim.lease or lease_name(claim.cidr)),
+                             options or None)
         except ApiException as e:
             if e.status == 404:
-                self.book.drop(claim.cidr, uid=claim.uid)
+                self.book.drop(claim.cidr, uid=claim.uid, lease=claim.lease)
                 return False
             if e.status == 409:
                 return False
             raise _unavailable("delete", e) from e
-        self.book.drop(claim.cidr, uid=claim.uid)
+        self.book.drop(claim.cidr, uid=claim.uid, lease=claim.lease)
         return True
 
 
@@ -246,7 +256,7 @@ class LeaseWatcher(Reflector):
             self._book.put(entry)
 
     def _delete(self, key: Any) -> None:
-        self._book.drop(key.cidr, uid=key.uid)
+        self._book.drop(key.cidr, uid=key.uid, lease=key.lease)
 
 
 def _unavailable(verb: str, e: ApiException) -> StoreUnavailable:

@@ -23,7 +23,7 @@ from prometheus_client import (
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Send
 
-from webhook.control.allocator import Allocator, RangeExhaustedError, StoreUnavailable
+from webhook.control.allocator import Allocator, ClaimWithheld, RangeExhaustedError, StoreUnavailable
 from webhook.control.claimer import Claimer
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
@@ -269,6 +269,12 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
             events.warning(name, "CIDRNotAvailable", f"Node {name} status is now: CIDRNotAvailable ({e})")
         return Verdict(allowed=True, warnings=(
             f"flannel-guard: no free podCIDR for node {name[:60]}: {e}"[:256],))
+    except ClaimWithheld as e:
+        # Issue 28: past the cap on claims for unstored nodes, or a forged name's claim past the
+        # orphan age. The Node registers without one; the assigning loop gives it one once stored.
+        return Verdict(allowed=True, warnings=(
+            f"flannel-guard: no podCIDR assigned to node {name[:60]} at registration ({str(e)[:120]});"
+            " it is assigned once the Node is stored"[:256],))
     except StoreUnavailable as e:
         text = (f"flannel-guard could not reserve a podCIDR for node {name} ({str(e)[:120]});"
                 " the node has none until one is assigned")

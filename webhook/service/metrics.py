@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhook import __version__
 from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
+from webhook.core.claimpolicy import REASONS
 
 __all__ = ["Metrics", "pool_blocks"]
 
@@ -92,10 +93,12 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe(self, state: ClusterState, allocator: Callable[[], object | None]) -> None:
-        """Export ``state`` and the pool of ``allocator()`` (read at each scrape) from now on."""
+    def observe(self, state: ClusterState, allocator: Callable[[], object | None],
+                pending: Any = None) -> None:
+        """Export ``state``, the pool of ``allocator()`` and the claims of ``pending`` (a
+        :class:`~webhook.control.pending.PendingClaims`), read at each scrape, from now on."""
         if self._state_collector is None:
-            self._state_collector = _StateCollector(state, allocator)
+            self._state_collector = _StateCollector(state, allocator, pending)
             self.registry.register(self._state_collector)
 
 
@@ -131,9 +134,11 @@ def pool_blocks(cidr_set: Any, nodes: Iterable[IPNetwork]) -> tuple[int, int, in
 class _StateCollector(Collector):
     """Gauges read from the serving state when Prometheus scrapes (no bookkeeping per request)."""
 
-    def __init__(self, state: ClusterState, allocator: Callable[[], object | None]) -> None:
+    def __init__(self, state: ClusterState, allocator: Callable[[], object | None],
+                 pending: Any = None) -> None:
         self._state = state
         self._allocator = allocator
+        self._pending = pending
 
     def describe(self) -> list[Metric]:
         return []  # read at scrape time: nothing to check at registration
@@ -154,6 +159,8 @@ class _StateCollector(Collector):
                 "flannel_guard_api_last_sync_timestamp_seconds",
                 "Unix time of the last confirmation of the node index by the Kubernetes API.",
                 value=wall)
+        if self._pending is not None:
+            yield from _claim_metrics(self._pending)
         sets = getattr(self._allocator(), "sets", None) or ()
         if not sets:
             return
@@ -175,3 +182,26 @@ class _StateCollector(Collector):
             blocks.add_metric([name, "free"], free)
         yield capacity
         yield blocks
+
+
+def _claim_metrics(pending: Any) -> Iterator[Metric]:
+    """Claims waiting for their Node, the cap, claims withheld at it, and claims not trusted (issue 28)."""
+    yield GaugeMetricFamily("flannel_guard_pending_claims",
+                            "PodCIDR claims whose holder does not hold that CIDR in the node index (a"
+                            " Node not stored yet, or stored with another podCIDR).", value=pending.count())
+    yield GaugeMetricFamily("flannel_guard_pending_claims_cap",
+                            "At most this many pending claims: min(64, a quarter of the pool).",
+                            value=pending.cap())
+    yield CounterMetricFamily("flannel_guard_pending_claims_refused",
+                              "New claims withheld because the pending cap was reached (the write was"
+                              " judged, or the Node admitted, without a claim).", value=pending.refused)
+    untrusted = GaugeMetricFamily("flannel_guard_claims_untrusted",
+                                  "Leases labelled as podCIDR claims that are not believed, by reason:"
+                                  " name (not the Lease name of its CIDR), mask, outside (the cluster-cidr),"
+                                  " future (a time ahead of the clock).", labels=["reason"])
+    counts = dict.fromkeys(REASONS, 0)
+    for entry in list(pending.book.untrusted.values()):
+        counts[entry.reason] = counts.get(entry.reason, 0) + 1
+    for reason, count in counts.items():
+        untrusted.add_metric([reason], count)
+    yield untrusted

@@ -26,8 +26,10 @@ import uvicorn
 
 from webhook.control.allocator import Allocator, ClaimStore, MemoryStore
 from webhook.control.claimer import Claimer
+from webhook.control.pending import ClaimGate, PendingClaims
 from webhook.control.settings import Settings
 from webhook.control.state import ClusterState
+from webhook.core.claimpolicy import ClaimPolicy
 from webhook.core.claims import ClaimBook
 from webhook.core.discovery import CidrSource, Resolution
 from webhook.kube.assigner import Assigner
@@ -157,7 +159,17 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     stoppers: list[Callable[[], None]] = []
     events: EventRecorder | None = None
     store: ClaimStore
-    book = ClaimBook()
+    orphan_after = min(120.0, settings.reservation_grace / 2)
+
+    def policy() -> ClaimPolicy:
+        """What a claim is judged against now (the cluster-cidr and masks follow discovery)."""
+        return ClaimPolicy(state.cluster_cidr, state.mask_v4, state.mask_v6, orphan_after=orphan_after,
+                           pending_max=settings.pending_claims_max,
+                           pending_share=settings.pending_claims_share, skew=settings.claim_clock_skew)
+
+    # Only claims that are claims occupy a CIDR (issue 28): the gate sets the others apart.
+    book = ClaimBook(gate=ClaimGate(policy))
+    pending = PendingClaims(book, state.index, policy, unassigned=lambda: state.unassigned)
     if settings.standalone:
         # No API to hear from: ready at once, and never "stale" (no last_sync).
         state.ready = True
@@ -179,14 +191,15 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         events = EventRecorder(api, _identity())
     # A claim younger than this is the node's own without a write (well inside the grace).
     claimer = Claimer(store, state.index, fresh=min(60.0, settings.reservation_grace / 4),
-                      grace=settings.reservation_grace,
-                      orphan_after=min(120.0, settings.reservation_grace / 2),
-                      index_confirmed=lambda: None if settings.standalone else state.last_sync_wall)
+                      grace=settings.reservation_grace, orphan_after=orphan_after,
+                      index_confirmed=lambda: None if settings.standalone else state.last_sync_wall,
+                      pending=pending)
     tasks.append(asyncio.create_task(claimer.run_reclaimer(min(30.0, settings.reservation_grace / 2))))
     server, reloader = build_server(settings, state, claimer=claimer)
     app = server.config.app
     app.state.events = events
-    app.state.metrics.observe(state, lambda: app.state.allocator)
+    app.state.metrics.observe(state, lambda: app.state.allocator, pending)
+    app.state.pending = pending
     probe: ProbeServer | None = None
     probe_task: asyncio.Task[Any] | None = None
     if settings.probe_port:
@@ -211,7 +224,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
             try:
                 allocator = Allocator(wanted, index=state.index, store=store, mask_v4=state.mask_v4,
                                       mask_v6=state.mask_v6, grace=settings.reservation_grace,
-                                      service_ranges=state.service_ranges)
+                                      service_ranges=state.service_ranges, pending=pending)
                 allocator.key = key  # type: ignore[attr-defined]
                 app.state.allocator = allocator
             except ValueError as e:  # a mask the range cannot hold: say so, allocate nothing
@@ -227,6 +240,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                 log.warning("cluster-cidr changed", before=[str(n) for n in before or ()],
                             after=[str(n) for n in state.cluster_cidr or ()], source=state.cidr_source)
             ensure_allocator()
+            book.retrust()  # a claim outside the new range (or of the old mask) holds nothing now
 
         live = LiveSources(api, _flag(settings), settings.rules.flannel_configmaps, on_resolution)
         watchers.extend(live.watchers)
@@ -244,6 +258,13 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         # The opt-in admission policy's parameters (manifests/components/admission-policy).
         params = PolicyParamsWriter(api, settings.namespace, state)
         tasks.append(asyncio.create_task(params.run(elector.leading)))
+
+        # An exhausted range does not stop the loop: a block set free wakes it at once.
+        def freed(cidr: object, held: bool) -> None:
+            if not held:
+                assigner.wake()
+        book.subscribe(freed)
+        state.index.subscribe(lambda _n, removed, added: assigner.wake() if removed and not added else None)
     log.info("serving", host=settings.host, port=settings.port, probe_port=settings.probe_port,
              mode=settings.mode.value,
              standalone=settings.standalone, cluster_cidr=state.view().describe_cidr(),

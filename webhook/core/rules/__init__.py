@@ -133,6 +133,15 @@ def claim_verdict(verdict: Verdict, outcome: ClaimOutcome, mode: Mode, node: str
     """
     if outcome.ok:
         return verdict
+    if outcome.status == "capped":
+        # Issue 28: judged (rules and claims known in memory) but not claimed; the write is the
+        # API server's to store, and a later claim of the same CIDR by another node is refused
+        # only once this Node is stored and indexed.
+        return Verdict(allowed=verdict.allowed, code=verdict.code, reason=verdict.reason,
+                       message=verdict.message, patch=verdict.patch, findings=verdict.findings,
+                       warnings=_cap_warnings([
+                           f"flannel-guard: podCIDR(s) of node {node[:60]} judged without claiming"
+                           f" ({outcome.error[:120]})", *verdict.warnings]))
     if outcome.status == "conflict":
         message = conflict_message(node, outcome.conflicts, suggestion)
         if mode is Mode.ENFORCE:
