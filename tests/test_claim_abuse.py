@@ -227,3 +227,19 @@ def test_renewal_keeps_the_acquisition_time(tmp_path: Path):
         after = api.api.leases[key]["spec"]
         assert after["acquireTime"] == before["acquireTime"]
         assert after["renewTime"] > before["renewTime"]
+
+
+def test_an_exhausted_range_does_not_stop_the_loop_from_assigning_a_freed_block(tmp_path: Path):
+    """Four blocks, four nodes, a fifth stored without a podCIDR: once a node leaves, the assigning
+    loop gives its block to the fifth."""
+    with guarded(tmp_path, "--cluster-cidr", "10.244.0.0/22") as (api, running):
+        client = running.client()
+        got = [join(api, client, f"real-{i}") for i in range(4)]
+        late = client.post("/mutate", json=review(node("late"))).json()["response"]
+        assert late["allowed"] is True and not patch_of(late)
+        api.call(api.api.put_node(api_node("late")))
+        api.call(api.api.delete_node("real-2"))
+        wait_until(lambda: (api.api.nodes["late"].get("spec") or {}).get("podCIDRs"),
+                   "the loop assigns the freed block", timeout=JOIN_SECONDS)
+        assert api.api.nodes["late"]["spec"]["podCIDRs"] == got[2]
+        no_duplicate(api)

@@ -120,12 +120,11 @@ def pool_size(policy: ClaimPolicy) -> int:
 def pending_cap(policy: ClaimPolicy) -> int:
     """How many pending claims the cluster may hold: ``min(pending_max, share of the pool)``, at least 1.
 
-    With the pool unknown, ``pending_max``.
+    With the cluster-cidr unknown (nothing is allocated then), ``pending_max``.
     """
-    pool = pool_size(policy)
-    if not pool:
+    if policy.cluster_cidr is None:
         return max(1, policy.pending_max)
-    return max(1, min(policy.pending_max, int(pool * policy.pending_share)))
+    return max(1, min(policy.pending_max, int(pool_size(policy) * policy.pending_share)))
 
 
 def pending(cidr: IPNetwork, holder: str, held_by: Callable[[str], Sequence[IPNetwork]]) -> bool:
