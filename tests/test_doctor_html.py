@@ -82,9 +82,9 @@ def test_the_page_from_a_live_cluster_renders_in_chromium(tmp_path: Path,
                                 "w3": ["10.244.8.0/23"], "w4": ["10.99.0.0/24"], "w5": []}.items():
                 await api.put_node(flannel_node(name, *cidrs, flannel_ran=bool(cidrs)))
                 api.put("pods", flannel_pod(f"kube-flannel-ds-{name}", name, ready=bool(cidrs)))
-            api.leases["flannel-guard", "podcidr-10-244-20-0-24"] = {
+            api.leases["flannel-guard", "podcidr-v4-10-244-20-0-24"] = {
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": "podcidr-10-244-20-0-24", "namespace": "flannel-guard",
+                "metadata": {"name": "podcidr-v4-10-244-20-0-24", "namespace": "flannel-guard",
                              "labels": {"app.kubernetes.io/managed-by": "flannel-guard"},
                              "annotations": {"flannel-guard.io/node": "w6",
                                              "flannel-guard.io/cidr": "10.244.20.0/24"}},

@@ -26,6 +26,7 @@ from webhook.core.nodemodel import pod_cidrs
 from webhook.core.rules.configmap import NET_CONF_KEY
 from webhook.doctor.facts import (
     FLANNEL_ANNOTATION_PREFIX,
+    ClaimFacts,
     ClusterFacts,
     ConditionFacts,
     ConfigMapFacts,
@@ -41,7 +42,7 @@ from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL
 from webhook.doctor.sections.annotations import nodes_to_read_logs_of
 from webhook.doctor.sections.kubelet import SANDBOX_REASON
 from webhook.kube.cluster import discover
-from webhook.kube.leases import ANNOTATION_CIDR, LABEL_MANAGED
+from webhook.kube.leases import ANNOTATION_CIDR, LABEL_MANAGED, lease_times
 
 __all__ = ["DEFAULT_FLANNEL_CONFIGMAPS", "ClusterUnreadable", "gather"]
 
@@ -344,6 +345,9 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
     reservations = tuple((str((lease.get("spec") or {}).get("holderIdentity") or ""),
                           str((_meta(lease).get("annotations") or {}).get(_LEASE_CIDR, "")))
                          for lease in _items(got["leases"]))
+    claims = tuple(ClaimFacts(str(_meta(lease).get("name") or "")[:253], holder[:253], cidr[:64],
+                              *lease_times(lease))
+                   for lease, (holder, cidr) in zip(_items(got["leases"]), reservations, strict=True))
     args, env = _container_config(got["deployment"])
     ready = not_ready = 0
     for sl in _items(got["slices"]):
@@ -367,7 +371,7 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
                         pods=tuple(pods), nodes_readable=nodes_readable, notes=tuple(notes),
                         events=tuple(_event(e) for e in _items(got["events"])), workload_pods=workloads,
                         controller_managers=kcm, kube_proxy_mode=_kube_proxy_mode(got["proxy"]),
-                        service_cidrs=service_cidrs, reservations=reservations, guard=guard,
+                        service_cidrs=service_cidrs, reservations=reservations, claims=claims, guard=guard,
                         flannel_configmaps=tuple(flannel_configmaps), gathered_at=time.time())
 
 

@@ -17,7 +17,7 @@ from webhook.doctor.facts import ClusterFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.rank import rank_findings
 from webhook.doctor.report import Report
-from webhook.doctor.sections import annotations, cidr, flannel_config, guard, kubelet, nodes, pods
+from webhook.doctor.sections import annotations, cidr, claims, flannel_config, guard, kubelet, nodes, pods
 
 __all__ = ["diagnose"]
 
@@ -35,6 +35,8 @@ def diagnose(facts: ClusterFacts, settings: RuleSettings | None = None, *,
     if now is None and facts.gathered_at is not None:
         now = datetime.fromtimestamp(facts.gathered_at, UTC)
     guard_row, s = guard.guard(ctx, now)
+    sections.append(s)
+    believed, s = claims.claims(ctx, now)  # only believed claims are drawn as reserved
     sections.append(s)
     cm_rows, s = flannel_config.configmaps(ctx)
     sections += [s, annotations.flannel_settings(ctx)]
@@ -61,6 +63,6 @@ def diagnose(facts: ClusterFacts, settings: RuleSettings | None = None, *,
         pods_seen=len(facts.pods),
         findings=findings,
         notes=tuple(dict.fromkeys(notes)),
-        address_space=address_space(ctx.target, masks, ctx.parsed, facts.reservations),
+        address_space=address_space(ctx.target, masks, ctx.parsed, believed),
         guard=guard_row,
     )

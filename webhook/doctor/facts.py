@@ -13,6 +13,7 @@ from webhook.core.discovery import ControllerManagerFacts, Resolution
 
 __all__ = [
     "FLANNEL_ANNOTATION_PREFIX",
+    "ClaimFacts",
     "ClusterFacts",
     "ConditionFacts",
     "ConfigMapFacts",
@@ -130,6 +131,21 @@ class WebhookFacts:
 
 
 @dataclass(frozen=True)
+class ClaimFacts:
+    """A Lease labelled as a flannel-guard podCIDR claim, as read (nothing believed yet).
+
+    ``acquired``: spec.acquireTime (else creationTimestamp), ``renewed``: spec.renewTime,
+    in seconds since the epoch (0: absent).
+    """
+
+    lease: str
+    holder: str
+    cidr: str
+    acquired: float = 0.0
+    renewed: float = 0.0
+
+
+@dataclass(frozen=True)
 class GuardFacts:
     """flannel-guard itself: its Deployment, webhook configurations, Service endpoints and certificate.
 
@@ -170,6 +186,7 @@ class ClusterFacts:
     kube_proxy_mode: str | None = None
     service_cidrs: tuple[str, ...] = ()  # networking.k8s.io/v1 ServiceCIDR spec.cidrs
     reservations: tuple[tuple[str, str], ...] = ()  # flannel-guard Leases: (node, CIDR)
+    claims: tuple[ClaimFacts, ...] = ()  # the same Leases, whole enough to judge (issue 28)
     guard: GuardFacts | None = None
     # The flannel ConfigMaps looked for (--flannel-configmap), in order.
     flannel_configmaps: tuple[tuple[str, str], ...] = (("kube-flannel", "kube-flannel-cfg"),

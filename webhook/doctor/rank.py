@@ -65,6 +65,10 @@ RANK: dict[str, int] = {
     "IPAMExhausted": 72,
     "GuardWebhookMissing": 80,
     "GuardCertExpiring": 82,
+    # Claims (issue 28): what forged reviews or foreign Lease writes leave behind.
+    "GuardClaimUntrusted": 84,
+    "GuardPendingCapReached": 85,
+    "GuardClaimsForUnseenNodes": 86,
 }
 #: A flannel ConfigMap rule code not listed above ranks with the ConfigMap.
 _DEFAULT = 32

@@ -34,7 +34,7 @@ from webhook.core.claims import Claim, ClaimBook, newer
 from webhook.kube.raw import raw_request, raw_response
 from webhook.kube.watch import Reflector
 
-__all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of"]
+__all__ = ["LABEL_MANAGED", "LeaseStore", "LeaseWatcher", "claim_of", "lease_times"]
 
 LABEL_MANAGED = ("app.kubernetes.io/managed-by", "flannel-guard")
 LABEL_NODE_HASH = "flannel-guard.io/node-hash"
@@ -57,6 +57,15 @@ def _parse_time(text: object) -> float:
         return 0.0
 
 
+def lease_times(lease: dict[str, Any]) -> tuple[float, float]:
+    """``(acquired, renewed)`` of a Lease: acquireTime (else creationTimestamp), renewTime (else
+    the acquisition), seconds since the epoch (0: absent). The orphan rule measures the first."""
+    meta = lease.get("metadata") if isinstance(lease.get("metadata"), dict) else {}
+    spec = lease.get("spec") if isinstance(lease.get("spec"), dict) else {}
+    acquired = _parse_time(spec.get("acquireTime")) or _parse_time(meta.get("creationTimestamp"))
+    return acquired, _parse_time(spec.get("renewTime")) or acquired
+
+
 def claim_of(lease: object) -> Claim | None:
     """The claim a Lease object records (None for a Lease that is not one of ours, or is damaged)."""
     if not isinstance(lease, dict):
@@ -73,8 +82,7 @@ def claim_of(lease: object) -> Claim | None:
         return None
     node = spec.get("holderIdentity") or annotations.get(ANNOTATION_NODE) or ""
     # Acquisition apart from renewal: the orphan rule measures the first, whatever the second says.
-    acquired = _parse_time(spec.get("acquireTime")) or _parse_time(meta.get("creationTimestamp"))
-    since = _parse_time(spec.get("renewTime")) or acquired
+    acquired, since = lease_times(lease)
     return Claim(cidr=cidr, node=str(node)[:253], since=since, uid=str(meta.get("uid") or ""),
                  version=str(meta.get("resourceVersion") or ""), acquired=acquired,
                  lease=str(meta.get("name") or "")[:253])
