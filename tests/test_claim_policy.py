@@ -320,3 +320,26 @@ def test_a_freed_block_wakes_the_loop_only_after_an_exhausted_pass():
         assert await store.delete(store.book.get(held))         # freed: the next pass can assign it
         assert alloc.preview("late") == (held,)
     asyncio.run(scenario())
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["claim", "drop", "store", "forget"]),
+                                st.integers(0, 5), st.integers(0, 7)), max_size=60))
+def test_the_pending_count_kept_by_events_is_the_count_from_scratch(steps):
+    """Claims made and dropped, Nodes stored (with any block) and deleted, in any order."""
+    book = ClaimBook()
+    index = NodeCidrIndex()
+    gate = PendingClaims(book, index, lambda: POLICY)
+    for what, n, c in steps:
+        cidr = N(f"10.244.{c}.0/24")
+        if what == "claim":
+            book.put(Claim(cidr, f"node-{n}", NOW))
+        elif what == "drop":
+            book.drop(cidr)
+        elif what == "store":
+            index.set(f"node-{n}", [cidr])
+        else:
+            index.remove(f"node-{n}")
+        scratch = [x for x in book if pending(x.cidr, x.node, index.cidrs_of)]
+        assert gate.count() == len(scratch)
+        assert sorted(map(str, (x.cidr for x in gate.claims()))) == sorted(str(x.cidr) for x in scratch)

@@ -4,8 +4,9 @@
 judged by :func:`webhook.core.claimpolicy.distrust` against the current cluster-cidr
 and masks, and a refused one is logged once (per Lease, version and reason) and counted.
 :class:`PendingClaims` answers the allocator and the claimer: is a node stored, how many
-claims wait for their Node (memoised on the book's and the index's generations), and
-may a new claim for a node be made under the cap (:func:`~webhook.core.claimpolicy.pending_cap`).
+claims wait for their Node (kept by following the book and the index, one claim or one
+node per change: a claimed write never walks the book), and may a new claim for a node be
+made under the cap (:func:`~webhook.core.claimpolicy.pending_cap`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Collection
 
 import structlog
 
+from webhook.core.cidr import IPNetwork
 from webhook.core.claimpolicy import ClaimPolicy, distrust, exempt, pending, pending_cap
 from webhook.core.claims import Claim, ClaimBook
 from webhook.core.nodeindex import NodeCidrIndex
@@ -64,10 +66,31 @@ class PendingClaims:
         self._policy = policy
         self._unassigned = unassigned
         self._clock = clock
-        self._memo: tuple[tuple[int, int], list[Claim]] | None = None
+        # The pending claims (CIDR -> holder) and how many each holder has.
+        self._waiting: dict[IPNetwork, str] = {}
+        self._per_node: Counter[str] = Counter()
         #: New claims withheld at the cap (a counter for /metrics), and when last.
         self.refused = 0
         self.last_refused: float | None = None
+        book.subscribe(lambda cidr, _held: self._judge(cidr))
+        index.subscribe(lambda node, _removed, _added: self._judge_node(node))
+        for claim in book:
+            self._judge(claim.cidr)
+
+    def _judge(self, cidr: IPNetwork) -> None:
+        claim = self.book.get(cidr)
+        was = self._waiting.pop(cidr, None)
+        if was is not None:
+            self._per_node[was] -= 1
+            if self._per_node[was] <= 0:
+                del self._per_node[was]
+        if claim is not None and pending(cidr, claim.node, self._index.cidrs_of):
+            self._waiting[cidr] = claim.node
+            self._per_node[claim.node] += 1
+
+    def _judge_node(self, node: str) -> None:
+        for claim in self.book.of_node(node):
+            self._judge(claim.cidr)
 
     def policy(self) -> ClaimPolicy:
         return self._policy()
@@ -78,19 +101,13 @@ class PendingClaims:
 
     def claims(self) -> list[Claim]:
         """The believed claims whose holder does not hold that CIDR in the node index."""
-        key = (self.book.generation, self._index.generation)
-        if self._memo is None or self._memo[0] != key:
-            self._memo = (key, [c for c in self.book if pending(c.cidr, c.node, self._index.cidrs_of)])
-        return self._memo[1]
+        return [c for cidr in list(self._waiting) if (c := self.book.get(cidr)) is not None]
 
     def count(self) -> int:
-        return len(self.claims())
+        return len(self._waiting)
 
     def cap(self) -> int:
         return pending_cap(self._policy())
-
-    def by_holder(self) -> Counter[str]:
-        return Counter(c.node for c in self.claims())
 
     def admits(self, node: str, new: int) -> bool:
         """Whether ``new`` more claims for ``node`` fit under the cap (or ``node`` is exempt)."""
@@ -98,8 +115,7 @@ class PendingClaims:
             return True
         if self.count() + new <= self.cap():
             return True
-        mine = sum(1 for c in self.claims() if c.node == node)
-        if exempt(node, node in self._unassigned(), mine):
+        if exempt(node, node in self._unassigned(), self._per_node.get(node, 0)):
             return True
         self.refused += 1
         self.last_refused = self._clock()

@@ -166,8 +166,8 @@ class ClaimBook:
         if claim.cidr not in held:
             held[claim.cidr] = None
             self.index.set(claim.node, held)
-        if before is None:
-            self._notify(claim.cidr, True)
+        if before is None or before.node != claim.node:
+            self._notify(claim.cidr, True)  # (a new holder too: observers that follow holders hear it)
 
     def drop(self, cidr: IPNetwork, *, uid: str = "", lease: str = "") -> bool:
         """Forget the claim of ``cidr`` (only the Lease ``uid`` when one is given); an untrusted
