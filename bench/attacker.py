@@ -17,7 +17,12 @@ Each attack is a thread:
   ``SOAK_FORGED_BURST`` (300) forged Node CREATEs to ``/mutate`` (not dry-run, names that
   never become Nodes) over 4 keep-alive connections, as fast as they are answered. Each
   answer that is a patch holds a podCIDR in a reservation Lease until the server frees it
-  (its Node never appeared).
+  (its Node never appeared);
+* ``renew``: issue 28's sustained renewing drain: the same ``SOAK_RENEW_NAMES`` (96, more
+  than the cap on pending claims) forged names sent to ``/mutate`` round and round at
+  ``SOAK_RENEW_RPS`` (3 a second, above the 2.6 that kept a /16 drained before the fix), each
+  re-send renewing its name's claim. The server holds at most the cap, releases each claim
+  by its age of acquisition however often renewed, and refuses a renewal past that age.
 
 On SIGTERM it writes what it did and what it got back to OUT_JSON.
 """
@@ -44,6 +49,8 @@ BIG = 7 * 1024 * 1024
 BURST = int(os.environ.get("SOAK_FORGED_BURST", "300"))
 PERIOD = float(os.environ.get("SOAK_FORGED_PERIOD", "60"))
 DRAIN_CONNECTIONS = 4
+RENEW_NAMES = int(os.environ.get("SOAK_RENEW_NAMES", "96"))
+RENEW_RPS = float(os.environ.get("SOAK_RENEW_RPS", "3"))
 
 
 class Attacker:
@@ -200,10 +207,38 @@ class Attacker:
         if s is not None:
             s.close()
 
+    def renew(self) -> None:
+        """The same forged names over and over on one kept-alive connection, ``RENEW_RPS`` a second."""
+        s: ssl.SSLSocket | None = None
+        period = 1.0 / RENEW_RPS if RENEW_RPS > 0 else 1.0
+        i = 0
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            name = f"renewing-{i % RENEW_NAMES:03d}"
+            node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {}}
+            body = _review(node, dry_run=False)
+            try:
+                if s is None:
+                    s = self.tls()
+                    s.settimeout(30)
+                s.sendall(_head("/mutate", len(body)) + body)
+                status, answer = _response(s)
+                self.count(f"renew {_drain_outcome(status, answer)}")
+            except OSError as e:
+                self.count(f"renew {type(e).__name__}")
+                if s is not None:
+                    s.close()
+                s = None
+            i += 1
+            next_at += period
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+        if s is not None:
+            s.close()
+
     def run(self, out: Path) -> None:
         self.t0 = time.monotonic()
         threads = [threading.Thread(target=f, daemon=True) for f in
-                   (self.bare, self.slow, self.held, self.forged, self.drain)]
+                   (self.bare, self.slow, self.held, self.forged, self.drain, self.renew)]
         for t in threads:
             t.start()
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -269,6 +304,8 @@ def _drain_outcome(status: int, answer: dict[str, Any]) -> str:
         return "patched" if any(o.get("path") == "/spec/podCIDRs" for o in ops) else "patched, no podCIDR"
     if any("no free podCIDR" in w for w in resp.get("warnings") or ()):
         return "admitted without podCIDR (exhausted)"
+    if any("no podCIDR assigned" in w for w in resp.get("warnings") or ()):
+        return "admitted without podCIDR (withheld: the pending cap, or a renewal past the orphan age)"
     return "admitted, no patch"
 
 
