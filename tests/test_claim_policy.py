@@ -343,3 +343,19 @@ def test_the_pending_count_kept_by_events_is_the_count_from_scratch(steps):
         scratch = [x for x in book if pending(x.cidr, x.node, index.cidrs_of)]
         assert gate.count() == len(scratch)
         assert sorted(map(str, (x.cidr for x in gate.claims()))) == sorted(str(x.cidr) for x in scratch)
+
+
+def test_dual_stack_caps_each_family_on_its_own_pool_so_a_node_counts_once_in_each():
+    policy = ClaimPolicy(parse_cidr_list("10.244.0.0/20,fd00::/56"))
+    assert (pending_cap(policy, 4), pending_cap(policy, 6), pending_cap(policy)) == (4, 64, 4)
+
+    async def scenario() -> None:
+        clock, store, index, _, gate = setup("10.244.0.0/20,fd00::/56")
+        alloc = Allocator(parse_cidr_list("10.244.0.0/20,fd00::/56"), index=index, store=store, clock=clock,
+                          pending=gate)
+        for i in range(4):
+            assert len(await alloc.assign(f"forged-{i}")) == 2
+        assert (gate.count(4), gate.count(6), gate.count()) == (4, 4, 8)
+        with pytest.raises(ClaimWithheld, match="4 IPv4 claim"):
+            await alloc.assign("forged-4")
+    asyncio.run(scenario())

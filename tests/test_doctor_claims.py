@@ -82,6 +82,6 @@ def test_the_cap_reached_is_reported() -> None:
     report, _ = scenario(with_leases(*({"cidr": f"10.244.{1 + i}.0/24", "holder": f"ghost-{i}"}
                                        for i in range(64))))
     f = only(report, "GuardPendingCapReached")
-    assert "64 podCIDR claim(s) wait for their Node: the cap of 64 (the smaller of 64 and 25% of the pool)" \
-        in f.summary
+    assert ("64 IPv4 podCIDR claim(s) wait for their Node: the cap of 64 (the smaller of 64 and 25% of the"
+            " pool)" in f.summary)
     assert "assigning loop" in f.detail

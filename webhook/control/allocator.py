@@ -282,8 +282,8 @@ class Allocator:
             if not renewable(claim.acquired_at, stored, now, gate.policy().orphan_after):
                 raise ClaimWithheld(f"node {node[:60]} is not stored and its claim of {claim.cidr} is"
                                     " past the orphan age: not renewed")
-        new = sum(1 for s in self._alloc.sets if s.cluster.version not in held)
-        if not gate.admits(node, new):
+        wanted = [s.cluster.version for s in self._alloc.sets if s.cluster.version not in held]
+        if not gate.admits(node, wanted):
             raise ClaimWithheld(f"not claimed: {gate.describe()}")
 
     async def _assign(self, node: str) -> tuple[IPNetwork, ...]:

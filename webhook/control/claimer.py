@@ -77,7 +77,7 @@ class Claimer:
         if not writes:
             return ClaimOutcome("known")
         new = [c for c in writes if (held := self.book.get(c)) is None or held.node != node]
-        if self.pending is not None and not self.pending.admits(node, len(new)):
+        if self.pending is not None and not self.pending.admits(node, [c.version for c in new]):
             # Judged without claiming: what is known in memory was checked above; no Lease is made.
             return ClaimOutcome("capped", error=self.pending.describe())
         created: list[Claim] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
@@ -69,9 +69,11 @@ class PendingClaims:
         # The pending claims (CIDR -> holder) and how many each holder has.
         self._waiting: dict[IPNetwork, str] = {}
         self._per_node: Counter[str] = Counter()
+        self._per_family: Counter[int] = Counter()
         #: New claims withheld at the cap (a counter for /metrics), and when last.
         self.refused = 0
         self.last_refused: float | None = None
+        self._full = 4  # the family whose cap was reached last
         book.subscribe(lambda cidr, _held: self._judge(cidr))
         index.subscribe(lambda node, _removed, _added: self._judge_node(node))
         for claim in book:
@@ -84,9 +86,11 @@ class PendingClaims:
             self._per_node[was] -= 1
             if self._per_node[was] <= 0:
                 del self._per_node[was]
+            self._per_family[cidr.version] -= 1
         if claim is not None and pending(cidr, claim.node, self._index.cidrs_of):
             self._waiting[cidr] = claim.node
             self._per_node[claim.node] += 1
+            self._per_family[cidr.version] += 1
 
     def _judge_node(self, node: str) -> None:
         for claim in self.book.of_node(node):
@@ -103,24 +107,29 @@ class PendingClaims:
         """The believed claims whose holder does not hold that CIDR in the node index."""
         return [c for cidr in list(self._waiting) if (c := self.book.get(cidr)) is not None]
 
-    def count(self) -> int:
-        return len(self._waiting)
+    def count(self, version: int | None = None) -> int:
+        """Pending claims (of the IP family ``version``, None: all)."""
+        return len(self._waiting) if version is None else self._per_family.get(version, 0)
 
-    def cap(self) -> int:
-        return pending_cap(self._policy())
+    def cap(self, version: int | None = None) -> int:
+        """The cap of the family ``version`` (None: of the smallest family's pool)."""
+        return pending_cap(self._policy(), version)
 
-    def admits(self, node: str, new: int) -> bool:
-        """Whether ``new`` more claims for ``node`` fit under the cap (or ``node`` is exempt)."""
-        if new <= 0:
-            return True
-        if self.count() + new <= self.cap():
+    def admits(self, node: str, versions: Sequence[int]) -> bool:
+        """Whether new claims for ``node``, one per entry of ``versions`` (IP families), fit under
+        each family's cap (or ``node`` is exempt)."""
+        wanted = Counter(versions)
+        full = [v for v, n in sorted(wanted.items()) if self.count(v) + n > self.cap(v)]
+        if not full:
             return True
         if exempt(node, node in self._unassigned(), self._per_node.get(node, 0)):
             return True
         self.refused += 1
         self.last_refused = self._clock()
+        self._full = full[0]
         return False
 
     def describe(self) -> str:
-        """The cap in words, for a warning."""
-        return f"{self.count()} claim(s) already wait for Nodes not stored yet, at most {self.cap()}"
+        """The cap that was reached last, in words, for a warning."""
+        v = self._full
+        return f"{self.count(v)} IPv{v} claim(s) already wait for Nodes not stored yet, at most {self.cap(v)}"

@@ -15,7 +15,8 @@ could have sent. So:
   node index: its Node is not stored yet (a joining node, or a forged review), or it is
   stored with another podCIDR (a forged review under a real name);
 * **the cap** (:func:`pending_cap`): at most ``min(pending_max, share of the pool)``
-  pending claims per cluster, the pool being the node blocks of the smallest family.
+  pending claims per cluster and IP family, the pool being that family's node blocks (a
+  dual-stack node's two claims count once in each family, so the cap is in nodes too).
   A node stored without a podCIDR is exempt for its first claim (:func:`exempt`):
   kube-controller-manager's patch and the assigning loop must not be starved by forged
   load;
@@ -110,21 +111,22 @@ def distrust(cidr: IPNetwork, lease: str, times: Iterable[float], policy: ClaimP
     return None
 
 
-def pool_size(policy: ClaimPolicy) -> int:
-    """Node blocks of the smallest cluster-cidr family (0 when the cluster-cidr is unknown)."""
-    sizes = [1 << max(0, policy.mask_for(n.version) - n.prefixlen) for n in policy.cluster_cidr or ()
-             if policy.mask_for(n.version) >= n.prefixlen]
+def pool_size(policy: ClaimPolicy, version: int | None = None) -> int:
+    """Node blocks of the cluster-cidr of ``version`` (None: the smallest family); 0 when unknown."""
+    sizes = [1 << (policy.mask_for(n.version) - n.prefixlen) for n in policy.cluster_cidr or ()
+             if policy.mask_for(n.version) >= n.prefixlen and version in (None, n.version)]
     return min(sizes) if sizes else 0
 
 
-def pending_cap(policy: ClaimPolicy) -> int:
-    """How many pending claims the cluster may hold: ``min(pending_max, share of the pool)``, at least 1.
+def pending_cap(policy: ClaimPolicy, version: int | None = None) -> int:
+    """How many pending claims of a family (None: the smallest) the cluster may hold:
+    ``min(pending_max, share of that family's pool)``, at least 1.
 
     With the cluster-cidr unknown (nothing is allocated then), ``pending_max``.
     """
     if policy.cluster_cidr is None:
         return max(1, policy.pending_max)
-    return max(1, min(policy.pending_max, int(pool_size(policy) * policy.pending_share)))
+    return max(1, min(policy.pending_max, int(pool_size(policy, version) * policy.pending_share)))
 
 
 def pending(cidr: IPNetwork, holder: str, held_by: Callable[[str], Sequence[IPNetwork]]) -> bool:

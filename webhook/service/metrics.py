@@ -186,12 +186,19 @@ class _StateCollector(Collector):
 
 def _claim_metrics(pending: Any) -> Iterator[Metric]:
     """Claims waiting for their Node, the cap, claims withheld at it, and claims not trusted (issue 28)."""
-    yield GaugeMetricFamily("flannel_guard_pending_claims",
-                            "PodCIDR claims whose holder does not hold that CIDR in the node index (a"
-                            " Node not stored yet, or stored with another podCIDR).", value=pending.count())
-    yield GaugeMetricFamily("flannel_guard_pending_claims_cap",
-                            "At most this many pending claims: min(64, a quarter of the pool).",
-                            value=pending.cap())
+    waiting = GaugeMetricFamily("flannel_guard_pending_claims",
+                                "PodCIDR claims whose holder does not hold that CIDR in the node index (a"
+                                " Node not stored yet, or stored with another podCIDR), by IP family.",
+                                labels=["family"])
+    cap = GaugeMetricFamily("flannel_guard_pending_claims_cap",
+                            "At most this many pending claims per IP family: min(64, a quarter of the"
+                            " family's pool).", labels=["family"])
+    families = sorted({n.version for n in pending.policy().cluster_cidr or ()} or {4})
+    for v in families:
+        waiting.add_metric([str(v)], pending.count(v))
+        cap.add_metric([str(v)], pending.cap(v))
+    yield waiting
+    yield cap
     yield CounterMetricFamily("flannel_guard_pending_claims_refused",
                               "New claims withheld because the pending cap was reached (the write was"
                               " judged, or the Node admitted, without a claim).", value=pending.refused)

@@ -92,11 +92,14 @@ def claims(ctx: Context, now: datetime | None = None) -> tuple[tuple[tuple[str, 
                 "A joining Node is stored within seconds of its claim; these are forged Node reviews sent"
                 " to flannel-guard's port (no --client-ca), or Nodes refused later in the admission chain.",
                 [_CLIENT_CA], subjects=[c.holder[:253] for c in stale[:20]])
-    cap = pending_cap(policy)
-    if len(waiting) >= cap:
+    for version in sorted({parse_cidr(c.cidr).network.version for c in waiting}):
+        count = sum(1 for c in waiting if parse_cidr(c.cidr).network.version == version)
+        cap = pending_cap(policy, version)
+        if count < cap:
+            continue
         out.add(Severity.WARNING, "GuardPendingCapReached", "flannel-guard",
-                f"{len(waiting)} podCIDR claim(s) wait for their Node: the cap of {cap} (the smaller of"
-                f" {PENDING_CLAIMS_MAX} and {int(PENDING_CLAIMS_SHARE * 100)}% of the pool) is reached.",
+                f"{count} IPv{version} podCIDR claim(s) wait for their Node: the cap of {cap} (the smaller"
+                f" of {PENDING_CLAIMS_MAX} and {int(PENDING_CLAIMS_SHARE * 100)}% of the pool) is reached.",
                 "New Nodes register without a podCIDR and get one from the assigning loop once stored;"
                 " /validate judges podCIDR writes of Nodes not stored yet without claiming them.",
                 [_CLIENT_CA])
