@@ -23,8 +23,8 @@ ENV_PREFIX = "FLANNEL_GUARD_"
 # oldObject, so twice that plus the envelope is the most a real review can be.
 MAX_BODY_BYTES = 7 * 1024 * 1024
 # Claims for Nodes not stored yet (pending: a joining node between /mutate and the API server
-# storing it, or a forged review) are capped per cluster at the smaller of these two figures:
-# 64 claims, or a quarter of the pool (the node blocks of the smallest cluster-cidr family).
+# storing it, or a forged review) are capped per cluster and IP family at the smaller of these
+# two figures: 64 claims, or a quarter of the pool (that family's node blocks).
 # A real join holds a pending claim for the time the API server takes to store the Node (well
 # under a second; at most the webhook timeout), so even 1,000 nodes joining in a minute hold a
 # handful at once; a forged load holds at most the cap, and the other three quarters of a
