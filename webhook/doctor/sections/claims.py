@@ -72,8 +72,8 @@ def claims(ctx: Context, now: datetime | None = None) -> tuple[tuple[tuple[str, 
                 "flannel-guard ignores them (they hold no CIDR); flannel-guard never writes such a Lease:"
                 " something else can write Leases in its namespace.",
                 [Fix("manual", f"kubectl -n {namespace} delete lease {' '.join(names[:20])}"),
-                 Fix("manual", f"allow Lease writes in {namespace} to flannel-guard's ServiceAccount only"
-                     " (the shipped ValidatingAdmissionPolicy)")],
+                 Fix("manual", f"allow Lease writes in {namespace} to flannel-guard's ServiceAccount only:"
+                     " the ValidatingAdmissionPolicy of manifests/components/admission-policy")],
                 subjects=names[:20])
     index = ctx.index
     waiting = []
