@@ -27,6 +27,7 @@ import json
 import random
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -547,7 +548,9 @@ class FakeKubeApi:
                     status=409)
             self._rv += 1
             body["metadata"].update({"namespace": ns, "resourceVersion": str(self._rv),
-                                     "uid": f"uid-{self._rv}", "creationTimestamp": "2026-11-27T05:00:00Z"})
+                                     "uid": f"uid-{self._rv}",
+                                     # The API server's clock, to the second, as it stamps objects.
+                                     "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             self.leases[(ns, name)] = body
             self._lease_event("ADDED", body)
         if (failed := self._fault(request, "after")) is not None:

@@ -359,3 +359,25 @@ def test_dual_stack_caps_each_family_on_its_own_pool_so_a_node_counts_once_in_ea
         with pytest.raises(ClaimWithheld, match="4 IPv4 claim"):
             await alloc.assign("forged-4")
     asyncio.run(scenario())
+
+
+def test_a_rewritten_acquire_time_makes_no_claim_younger():
+    """The acquisition is the earlier of acquireTime and the API server's creationTimestamp."""
+    from webhook.kube.leases import claim_of
+
+    def lease(created: str, acquired: str, renewed: str) -> dict:
+        return {"metadata": {"name": "podcidr-v4-10-244-1-0-24", "creationTimestamp": created,
+                             "annotations": {"flannel-guard.io/cidr": "10.244.1.0/24"}},
+                "spec": {"holderIdentity": "n", "acquireTime": acquired, "renewTime": renewed}}
+
+    rewritten = claim_of(lease("2026-12-01T10:00:00Z", "2026-12-06T10:00:00.5Z", "2026-12-06T10:00:00.5Z"))
+    ours = claim_of(lease("2026-12-06T10:00:00Z", "2026-12-06T10:00:00.5Z", "2026-12-06T10:05:00Z"))
+    assert rewritten is not None and ours is not None
+    assert rewritten.acquired_at == datetime_of("2026-12-01T10:00:00Z")
+    assert ours.acquired_at == datetime_of("2026-12-06T10:00:00Z")
+    assert ours.since == datetime_of("2026-12-06T10:05:00Z")
+
+
+def datetime_of(text: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

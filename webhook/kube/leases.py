@@ -58,11 +58,15 @@ def _parse_time(text: object) -> float:
 
 
 def lease_times(lease: dict[str, Any]) -> tuple[float, float]:
-    """``(acquired, renewed)`` of a Lease: acquireTime (else creationTimestamp), renewTime (else
-    the acquisition), seconds since the epoch (0: absent). The orphan rule measures the first."""
+    """``(acquired, renewed)`` of a Lease, seconds since the epoch (0: absent). The orphan rule
+    measures the first: the earlier of spec.acquireTime and metadata.creationTimestamp, the
+    latter being the API server's own, which no Lease writer can move (a rewritten acquireTime
+    makes no claim younger). ``renewed``: spec.renewTime, else the acquisition."""
     meta = lease.get("metadata") if isinstance(lease.get("metadata"), dict) else {}
     spec = lease.get("spec") if isinstance(lease.get("spec"), dict) else {}
-    acquired = _parse_time(spec.get("acquireTime")) or _parse_time(meta.get("creationTimestamp"))
+    times = [t for t in (_parse_time(spec.get("acquireTime")), _parse_time(meta.get("creationTimestamp")))
+             if t]
+    acquired = min(times) if times else 0.0
     return acquired, _parse_time(spec.get("renewTime")) or acquired
 
 
