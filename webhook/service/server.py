@@ -182,6 +182,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         # The lists first, discovery beside them: a 15,000-node list is most of the time to ready.
         tasks.extend(asyncio.create_task(w.run()) for w in watchers)
         await _discover(api, settings, state)
+        book.retrust()  # claims listed before the cluster-cidr was known are judged against it now
 
         async def claims_listed() -> None:
             await leases.synced.wait()
