@@ -268,13 +268,17 @@ def test_a_forged_name_renewed_past_the_orphan_age_is_refused_a_stored_one_is_no
 
 def test_validate_beyond_the_cap_is_judged_without_claiming():
     async def scenario() -> None:
-        clock, store, index, _, gate = setup()
+        clock, store, index, unassigned, gate = setup()
         claimer = Claimer(store, index, clock=clock, pending=gate)
         outcomes = [await claimer.claim(f"ghost-{i}", [N(f"10.244.{i}.0/24")]) for i in range(6)]
         assert [o.status for o in outcomes] == ["claimed"] * 4 + ["capped"] * 2
         assert "at most 4" in outcomes[-1].error and len(store.book) == 4
         # A conflict known in memory is still refused beyond the cap.
         assert (await claimer.claim("ghost-9", [N("10.244.0.0/24")])).status == "conflict"
+        # kube-controller-manager's patch of a stored Node without a podCIDR: past the cap, once.
+        unassigned.add("real")
+        assert (await claimer.claim("real", [N("10.244.8.0/24")])).status == "claimed"
+        assert (await claimer.claim("real", [N("10.244.9.0/24")])).status == "capped"
     asyncio.run(scenario())
 
 
