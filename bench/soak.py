@@ -96,7 +96,7 @@ MASK_V6 = "64"
 # Entries put through the server's bounded caches before the timed run (their bound is 4,096:
 # ClusterState.DEPARTED_MAX, webhook/kube/events.py _CACHE); SOAK_FILL=0 skips it.
 FILL = int(os.environ.get("SOAK_FILL", "4200"))
-WITHOUT = "node-mutate admitted without podCIDR (pool exhausted)"
+WITHOUT = "node-mutate admitted without podCIDR (pool exhausted, or past the pending cap)"
 SETTLE_SECONDS = 120.0  # after the run: how long the assigning loop has to give every live node one
 PINNED = 16  # nodes that never leave: the overlap denials point at them
 NS = "flannel-guard"
