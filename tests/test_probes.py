@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import node, review
-from kube_emulator import free_port
+from kube_emulator import ApiThread, free_port, kubeconfig_file
+from kube_emulator import node as api_node
 from server_process import client_pair, serve
 
 from webhook import __version__
@@ -105,6 +106,37 @@ def test_probe_port_turns_unready_on_sigterm_and_keeps_liveness(
         assert running.stop(signal.SIGTERM) == 0
         with pytest.raises(httpx.ConnectError):
             kubelet.get("/healthz")
+
+
+def test_readiness_stays_false_through_the_shutdown_delay_while_the_node_watch_syncs(tmp_path: Path) -> None:
+    """Found by tests/test_outage.py's rolling restart: each node watch event marked the replica
+    ready again, so the Service kept routing to a replica about to close its port. Readiness is
+    now false from the signal on, whatever the watch hears; reviews are answered as before."""
+    api = ApiThread()
+    try:
+        cfg = kubeconfig_file(tmp_path / "kubeconfig", api.api.url)
+        with serve(tmp_path, "--kubeconfig", str(cfg), "--shutdown-delay", "30") as running:
+            client = running.client()
+            running.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 503:
+                assert time.monotonic() < deadline, "readiness never turned false"
+                time.sleep(0.05)
+            # Watch events (the node index syncing) while the delay runs: still 503.
+            synced = running.metric("flannel_guard_api_last_sync_timestamp_seconds", client)
+            for i in range(3):
+                api.call(api.api.put_node(api_node(f"n{i}", f"10.244.{i}.0/24")))
+            api.call(api.api.bookmark())
+            while running.metric("flannel_guard_api_last_sync_timestamp_seconds", client) <= synced:
+                assert time.monotonic() < deadline, "the watch never synced after the signal"
+                time.sleep(0.05)
+            resp = client.post("/mutate", json=review(node("n10"), "CREATE")).json()["response"]
+            assert resp["allowed"] and "patch" in resp  # still assigning, not "not ready"
+            r = client.get("/readyz")
+            assert (r.status_code, r.text) == (503, "not ready: shutting down")
+            assert running.stop(signal.SIGTERM) == 0
+    finally:
+        api.close()
 
 
 def test_pool_blocks_count_each_block_once_and_add_up_to_the_capacity() -> None:

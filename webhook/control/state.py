@@ -39,6 +39,10 @@ class ClusterState:
     service_ranges: tuple[IPNetwork, ...] = ()
     index: NodeCidrIndex = field(default_factory=NodeCidrIndex)
     ready: bool = False
+    # A stop signal arrived: /readyz answers 503 so that the Service stops routing here, while
+    # reviews are still answered as before through --shutdown-delay. Apart from ``ready``, which
+    # every sync of the node watch sets again (readiness must not come back mid-shutdown).
+    stopping: bool = False
     # The claims (reservation Leases) have been listed once (always true in standalone mode).
     claims_ready: bool = True
     # Monotonic time of the last confirmation from the API (None: never / standalone).

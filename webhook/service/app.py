@@ -230,6 +230,8 @@ def add_probe_routes(app: FastAPI, state: ClusterState, metrics: Metrics) -> Non
 
     @app.get(ROUTE_READYZ)
     async def readyz() -> Response:
+        if state.stopping:
+            return PlainTextResponse("not ready: shutting down", status_code=503)
         if state.ready and state.claims_ready:
             return PlainTextResponse("ok")
         return PlainTextResponse("not ready: cluster state not loaded yet", status_code=503)

@@ -147,7 +147,7 @@ class _StateCollector(Collector):
         state = self._state
         yield GaugeMetricFamily("flannel_guard_ready",
                                 "1 once the node index is loaded and until shutdown begins.",
-                                value=1 if state.ready else 0)
+                                value=1 if state.ready and not state.stopping else 0)
         yield GaugeMetricFamily(
             "flannel_guard_cluster_cidr_sources_disagree",
             "1 while the cluster-cidr sources (flag, kube-controller-manager, kubeadm-config,"

@@ -81,7 +81,7 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.ready = False
+        self._state.stopping = True
         if sig == signal.SIGTERM and self._shutdown_delay > 0 and self._exit_at is None:
             self._captured_signals.append(sig)  # as uvicorn does: re-raised once served
             self._exit_at = time.monotonic() + self._shutdown_delay
@@ -273,7 +273,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
     try:
         await server.serve()
     finally:
-        state.ready = False
+        state.stopping = True
         if probe is not None and probe_task is not None:
             # Liveness stays answered until the webhook port has drained, then this closes too.
             probe.should_exit = True
