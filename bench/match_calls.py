@@ -36,7 +36,8 @@ from admission_match import (  # noqa: E402
 from node_writes import ALLOCATORS, KINDS, node_writes  # noqa: E402
 
 OUT = BENCH / "out"
-HOOKS = {VALIDATE_PODCIDRS: "validate-podcidrs", VALIDATE_NODES: "validate-nodes", MUTATE_NODES: "mutate-nodes"}
+HOOKS = {VALIDATE_PODCIDRS: "validate-podcidrs", VALIDATE_NODES: "validate-nodes",
+         MUTATE_NODES: "mutate-nodes"}
 
 
 def measure(n: int, seed: int, allocator: str) -> dict[str, Any]:

@@ -329,6 +329,7 @@ class FakeKubeApi:
         self._seq = 0
         self._compacted = 0  # watches from a resourceVersion below this get 410
         self._history: list[_Event] = []
+        self._snapshots: dict[int, list[dict[str, Any]]] = {}  # paged lists in progress, by revision
         self._lease_history: list[_Event] = []  # Lease events, for watches of Leases
         self._object_history: list[_Event] = []  # events of other namespaced objects (put_object)
         self._cond = asyncio.Condition()
@@ -443,6 +444,7 @@ class FakeKubeApi:
             self._rv += 1
             self._compacted = self._rv
             self._history.clear()
+            self._snapshots.clear()
             self._generation += 1
             self._cond.notify_all()
 
@@ -705,20 +707,30 @@ class FakeKubeApi:
             return await self._watch(request)
         # limit/continue as the API server pages a list (the token here: the snapshot's
         # resourceVersion and an offset; a real token is opaque).
+        # The later pages come from the first page's snapshot, as the API server serves them from
+        # etcd at that revision, whatever was written since; only a compaction (expire()) makes
+        # the token too old. A snapshot holds references: a stored Node is replaced, never changed.
         limit = int(request.query.get("limit") or 0)
         rv, _, offset = (request.query.get("continue") or "").partition(":")
         start = int(offset or 0)
         async with self._cond:
-            if rv and int(rv) != self._rv:
-                return aiohttp.web.json_response(
-                    self._status(410, "Expired", "the provided continue parameter is too old"), status=410)
-            names = list(self.nodes)
-            end = start + limit if limit else len(names)
-            meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
-            if end < len(names):
-                meta["continue"] = f"{self._rv}:{end}"
+            if rv:
+                snapshot = self._snapshots.get(int(rv))
+                if snapshot is None:
+                    gone = self._status(410, "Expired", "the provided continue parameter is too old")
+                    return aiohttp.web.json_response(gone, status=410)
+                at = int(rv)
+            else:
+                snapshot, at = list(self.nodes.values()), self._rv
+            end = start + limit if limit else len(snapshot)
+            meta: dict[str, Any] = {"resourceVersion": str(at)}
+            if end < len(snapshot):
+                meta["continue"] = f"{at}:{end}"
+                self._snapshots[at] = snapshot
+                while len(self._snapshots) > 8:
+                    del self._snapshots[next(iter(self._snapshots))]
             body = {"apiVersion": "v1", "kind": "NodeList", "metadata": meta,
-                    "items": [copy.deepcopy(self.nodes[n]) for n in names[start:end]]}
+                    "items": [copy.deepcopy(n) for n in snapshot[start:end]]}
         return aiohttp.web.json_response(body)
 
     async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
