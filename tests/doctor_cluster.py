@@ -333,7 +333,8 @@ def workload_pod(name: str, node_name: str, ip: str, *, namespace: str = "defaul
 
 def guard_objects(api: DoctorKubeApi, *, cert_pem: bytes, ca_pem: bytes, ready: int = 2,
                   allocate: str | None = None, mutating: bool = True,
-                  namespace: str = "flannel-guard") -> None:
+                  namespace: str = "flannel-guard", split: bool = True, policies: tuple[str, ...] = (),
+                  params: dict[str, str] | None = None) -> None:
     """flannel-guard installed as manifests/base lays it out: Deployment, webhooks, Service, slice, Secret."""
     args = ["serve", "--in-cluster", "--port", "9643", "--tls-cert", "/etc/flannel-guard/tls/tls.crt",
             "--tls-key", "/etc/flannel-guard/tls/tls.key", *(["--allocate", allocate] if allocate else [])]
@@ -344,21 +345,38 @@ def guard_objects(api: DoctorKubeApi, *, cert_pem: bytes, ca_pem: bytes, ready: 
                             "spec": {"template": {"spec": {"containers": [container]}}}})
     bundle = base64.b64encode(ca_pem).decode()
 
-    def hook(name: str, path: str) -> dict[str, Any]:
+    def hook(name: str, path: str, failure: str = "Fail") -> dict[str, Any]:
         service = {"name": "flannel-guard", "namespace": namespace, "path": path, "port": 443}
-        return {"name": name, "admissionReviewVersions": ["v1"], "failurePolicy": "Fail",
+        return {"name": name, "admissionReviewVersions": ["v1"], "failurePolicy": failure,
                 "sideEffects": "None", "clientConfig": {"caBundle": bundle, "service": service}}
 
     group = "admissionregistration.k8s.io/v1"
+    node_hooks = [hook("podcidrs.nodes.flannel-guard.io", "/validate"),
+                  hook("nodes.flannel-guard.io", "/validate", "Ignore")]
+    if not split:  # as installed before the Node webhook was split: one Ignore webhook
+        node_hooks = [hook("nodes.flannel-guard.io", "/validate", "Ignore")]
     api.put("validatingwebhookconfigurations", {
         "apiVersion": group, "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "flannel-guard"},
-        "webhooks": [hook("configmaps.flannel-guard.io", "/validate"),
-                     hook("nodes.flannel-guard.io", "/validate")]})
+        "webhooks": [hook("configmaps.flannel-guard.io", "/validate"), *node_hooks]})
     if mutating:
         api.put("mutatingwebhookconfigurations", {
             "apiVersion": group, "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": "flannel-guard"},
-            "webhooks": [hook("nodes.mutate.flannel-guard.io", "/mutate")]})
+            "webhooks": [hook("nodes.mutate.flannel-guard.io", "/mutate", "Ignore")]})
+    for name in policies:  # components/admission-policy, as rendered (the parts doctor reads)
+        api.put("validatingadmissionpolicies", {
+            "apiVersion": group, "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
+            "spec": {"failurePolicy": "Fail"}})
+        api.put("validatingadmissionpolicybindings", {
+            "apiVersion": group, "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     **({"paramRef": {"name": "flannel-guard-policy-params", "namespace": namespace,
+                                      "parameterNotFoundAction": "Allow"}}
+                        if name == "flannel-guard-node-podcidrs" else {})}})
+    if params is not None:
+        api.put("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                               "metadata": {"name": "flannel-guard-policy-params", "namespace": namespace},
+                               "data": params})
     api.put("services", {"apiVersion": "v1", "kind": "Service",
                          "metadata": {"name": "flannel-guard", "namespace": namespace},
                          "spec": {"type": "ClusterIP", "ports": [{"name": "https", "port": 443}]}})

@@ -517,7 +517,7 @@ def test_flannel_guard_without_ready_endpoints_blocks_writes() -> None:
 def test_a_cabundle_that_does_not_verify_the_serving_certificate() -> None:
     report, _ = scenario(guard_cluster(foreign_ca=True))
     found = [f for f in report.findings if f.code == "GuardCABundleMismatch"]
-    assert len(found) == 3  # two validating webhooks and one mutating
+    assert len(found) == 4  # three validating webhooks and one mutating
     assert "x509: certificate signed by unknown authority" in found[0].detail
     assert report.guard is not None and report.guard.cert_verified is False
 

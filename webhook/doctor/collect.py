@@ -17,28 +17,41 @@ from typing import Any
 
 import kubernetes.client
 import urllib3
-import yaml
 from kubernetes.client.exceptions import ApiException
 
-from webhook.core.constants import NAMESPACE, SERVICE, TLS_SECRET
+from webhook.core.constants import (
+    LEASE_POLICY,
+    NAMESPACE,
+    NODE_POLICY,
+    POLICY_PARAMS_CONFIGMAP,
+    SERVICE,
+    TLS_SECRET,
+)
 from webhook.core.discovery import from_controller_manager_pod
-from webhook.core.nodemodel import pod_cidrs
 from webhook.core.rules.configmap import NET_CONF_KEY
 from webhook.doctor.facts import (
-    FLANNEL_ANNOTATION_PREFIX,
     ClaimFacts,
     ClusterFacts,
-    ConditionFacts,
     ConfigMapFacts,
-    EventFacts,
     GuardFacts,
-    NodeFacts,
     PodFacts,
-    WebhookFacts,
-    WorkloadPodFacts,
+    PolicyFacts,
 )
 from webhook.doctor.klog import known_lines, last_error
-from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL
+from webhook.doctor.model import FLANNEL_POD_LABEL
+from webhook.doctor.readers import (
+    container_config,
+    event_facts,
+    flannel_container,
+    items_of,
+    kube_proxy_mode,
+    metadata_of,
+    node_facts,
+    pod_facts,
+    string_data,
+    webhook_facts,
+    workload_pod,
+)
 from webhook.doctor.sections.annotations import nodes_to_read_logs_of
 from webhook.doctor.sections.kubelet import SANDBOX_REASON
 from webhook.kube.cluster import discover
@@ -72,126 +85,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(inner, urllib3.exceptions.TimeoutError | TimeoutError):
         return "timed out"
     return text[:160] or type(inner).__name__
-
-
-def _items(doc: object) -> list[dict[str, Any]]:
-    items = doc.get("items") if isinstance(doc, dict) else None
-    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, dict) else {}
-
-
-def _node_facts(obj: Mapping[str, Any]) -> NodeFacts | None:
-    name = _meta(obj).get("name")
-    if not isinstance(name, str) or not name:
-        return None
-    cidrs = pod_cidrs(obj)  # type: ignore[arg-type]  # webhook/core/nodemodel.py: as the API stores them
-    annotations = {k: str(v) for k, v in (_meta(obj).get("annotations") or {}).items()
-                   if isinstance(k, str) and k.startswith(FLANNEL_ANNOTATION_PREFIX)}
-    status = obj.get("status") or {}
-    addresses = tuple((str(a.get("type", "")), str(a.get("address", "")))
-                      for a in status.get("addresses") or [] if isinstance(a, dict))
-    conditions = tuple(ConditionFacts(str(c.get("type", "")), str(c.get("status", "")),
-                                      str(c.get("reason") or ""), str(c.get("message") or ""))
-                       for c in status.get("conditions") or [] if isinstance(c, dict))
-    os_label = str((_meta(obj).get("labels") or {}).get("kubernetes.io/os", ""))
-    return NodeFacts(name, tuple(str(c) for c in cidrs), annotations, addresses, conditions, os_label)
-
-
-def _flannel_container(pod: Mapping[str, Any]) -> str | None:
-    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
-    if FLANNEL_CONTAINER in names:
-        return FLANNEL_CONTAINER
-    return names[0] if names and isinstance(names[0], str) else None
-
-
-def _pod_facts(pod: Mapping[str, Any]) -> PodFacts:
-    meta = _meta(pod)
-    status = pod.get("status") or {}
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [] if isinstance(c, dict))
-    container = _flannel_container(pod)
-    state, restarts = str(status.get("phase") or ""), 0
-    for cs in status.get("containerStatuses") or []:
-        if not isinstance(cs, dict) or cs.get("name") != container:
-            continue
-        restarts = int(cs.get("restartCount") or 0)
-        st = cs.get("state") or {}
-        for key in ("waiting", "terminated"):
-            if isinstance(st.get(key), dict):
-                state = str(st[key].get("reason") or key.capitalize())
-                break
-        else:
-            if "running" in st:
-                state = "Running"
-    return PodFacts(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
-                    node=(pod.get("spec") or {}).get("nodeName"), ready=ready, state=state, restarts=restarts)
-
-
-def _workload_pod(pod: Mapping[str, Any]) -> WorkloadPodFacts | None:
-    spec, status, meta = pod.get("spec") or {}, pod.get("status") or {}, _meta(pod)
-    if spec.get("hostNetwork") or not spec.get("nodeName"):
-        return None
-    ips = tuple(str(i.get("ip")) for i in status.get("podIPs") or [] if isinstance(i, dict) and i.get("ip"))
-    if not ips and status.get("podIP"):
-        ips = (str(status["podIP"]),)
-    if not ips:
-        return None
-    return WorkloadPodFacts(str(meta.get("namespace") or ""), str(meta.get("name") or ""),
-                            str(spec["nodeName"]), ips)
-
-
-def _event(e: Mapping[str, Any]) -> EventFacts:
-    inv = e.get("involvedObject") or {}
-    source = e.get("source") or {}
-    node = source.get("host") or e.get("reportingInstance") or ""
-    return EventFacts(namespace=str(_meta(e).get("namespace") or ""), kind=str(inv.get("kind") or ""),
-                      name=str(inv.get("name") or ""), reason=str(e.get("reason") or ""),
-                      message=str(e.get("message") or ""), node=str(node), count=int(e.get("count") or 1))
-
-
-def _webhooks(doc: object) -> tuple[WebhookFacts, ...] | None:
-    if not isinstance(doc, dict):
-        return None
-    out = []
-    for w in doc.get("webhooks") or []:
-        if not isinstance(w, dict):
-            continue
-        cc = w.get("clientConfig") or {}
-        svc = cc.get("service") or {}
-        try:
-            bundle = base64.b64decode(cc.get("caBundle") or "", validate=True)
-        except ValueError:
-            bundle = b""
-        out.append(WebhookFacts(str(w.get("name") or ""),
-                                (str(svc.get("namespace")), str(svc.get("name"))) if svc else None,
-                                bundle, str(w.get("failurePolicy") or "Fail")))
-    return tuple(out)
-
-
-def _container_config(deployment: object) -> tuple[tuple[str, ...], dict[str, str]]:
-    spec = ((deployment or {}).get("spec") or {}).get("template", {}).get("spec", {}) \
-        if isinstance(deployment, dict) else {}
-    container = next((c for c in spec.get("containers") or [] if isinstance(c, dict)), {})
-    args = tuple(str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])])
-    env = {str(e.get("name")): str(e.get("value") or "") for e in container.get("env") or []
-           if isinstance(e, dict) and "value" in e}
-    return args, env
-
-
-def _kube_proxy_mode(doc: object) -> str | None:
-    text = ((doc or {}).get("data") or {}).get("config.conf") if isinstance(doc, dict) else None
-    if not isinstance(text, str):
-        return None
-    try:
-        conf = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    mode = conf.get("mode") if isinstance(conf, dict) else None
-    return str(mode or "")
 
 
 async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = None, *, timeout: float = 5.0,
@@ -239,7 +132,7 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
             doc = get(what, call, *args, limit=_PAGE, **({"_continue": token} if token else {}), **kwargs)
             if doc is None:
                 return items or None
-            items += _items(doc)
+            items += items_of(doc)
             token = (doc.get("metadata") or {}).get("continue")
             if not token:
                 return items
@@ -290,6 +183,14 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
                          label_selector=f"kubernetes.io/service-name={SERVICE}", into=guard_notes),
         "secret": thread(get, f"Secret {guard_namespace}/{TLS_SECRET}", core.read_namespaced_secret,
                          TLS_SECRET, guard_namespace, into=guard_notes),
+        "params": thread(get, f"ConfigMap {guard_namespace}/{POLICY_PARAMS_CONFIGMAP}",
+                         core.read_namespaced_config_map, POLICY_PARAMS_CONFIGMAP, guard_namespace,
+                         into=guard_notes),
+        **{f"{kind} {name}": thread(get, f"ValidatingAdmissionPolicy{kind} {name}", call, name,
+                                    into=guard_notes)
+           for name in (NODE_POLICY, LEASE_POLICY)
+           for kind, call in (("", adm.read_validating_admission_policy),
+                              ("Binding", adm.read_validating_admission_policy_binding))},
         **{f"cm {ns}/{name}": thread(get, f"ConfigMap {ns}/{name}", core.read_namespaced_config_map, name, ns)
            for ns, name in flannel_configmaps},
         **{f"pods {ns}": thread(get, f"pods in {ns} ({FLANNEL_POD_LABEL})", core.list_namespaced_pod, ns,
@@ -303,14 +204,14 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
         if isinstance(doc, dict):
             text = (doc.get("data") or {}).get(NET_CONF_KEY)
             configmaps.append(ConfigMapFacts(ns, name, text if isinstance(text, str) else None))
-    raw_pods = [p for ns in flannel_namespaces for p in _items(got[f"pods {ns}"])
-                if (_meta(p).get("labels") or {}).get("app") == "flannel"]
-    pods = [_pod_facts(p) for p in raw_pods]
-    nodes = [n for n in map(_node_facts, _items(node_doc)) if n is not None]
+    raw_pods = [p for ns in flannel_namespaces for p in items_of(got[f"pods {ns}"])
+                if (metadata_of(p).get("labels") or {}).get("app") == "flannel"]
+    pods = [pod_facts(p) for p in raw_pods]
+    nodes = [n for n in map(node_facts, items_of(node_doc)) if n is not None]
     shared = nodes_to_read_logs_of(nodes)
 
     def read_log(pod: Mapping[str, Any], facts: PodFacts) -> tuple[str | None, tuple[str, ...]]:
-        container = _flannel_container(pod)
+        container = flannel_container(pod)
         what = f"log of pod {facts.ref}"
         last, lines = None, ()
         try:
@@ -338,19 +239,19 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
     pods = [PodFacts(f.namespace, f.name, f.node, f.ready, f.state, f.restarts, *(log or (None, ())))
             for f, log in zip(pods, logs, strict=True)]
 
-    kcm = tuple(from_controller_manager_pod(p) for p in _items(got["kcm"]))
-    workloads = tuple(w for w in map(_workload_pod, got["workloads"] or []) if w is not None)
-    service_cidrs = tuple(str(c) for s in _items(got["servicecidrs"])
+    kcm = tuple(from_controller_manager_pod(p) for p in items_of(got["kcm"]))
+    workloads = tuple(w for w in map(workload_pod, got["workloads"] or []) if w is not None)
+    service_cidrs = tuple(str(c) for s in items_of(got["servicecidrs"])
                           for c in (s.get("spec") or {}).get("cidrs") or [])
     reservations = tuple((str((lease.get("spec") or {}).get("holderIdentity") or ""),
-                          str((_meta(lease).get("annotations") or {}).get(_LEASE_CIDR, "")))
-                         for lease in _items(got["leases"]))
-    claims = tuple(ClaimFacts(str(_meta(lease).get("name") or "")[:253], holder[:253], cidr[:64],
+                          str((metadata_of(lease).get("annotations") or {}).get(_LEASE_CIDR, "")))
+                         for lease in items_of(got["leases"]))
+    claims = tuple(ClaimFacts(str(metadata_of(lease).get("name") or "")[:253], holder[:253], cidr[:64],
                               *lease_times(lease))
-                   for lease, (holder, cidr) in zip(_items(got["leases"]), reservations, strict=True))
-    args, env = _container_config(got["deployment"])
+                   for lease, (holder, cidr) in zip(items_of(got["leases"]), reservations, strict=True))
+    args, env = container_config(got["deployment"])
     ready = not_ready = 0
-    for sl in _items(got["slices"]):
+    for sl in items_of(got["slices"]):
         for ep in sl.get("endpoints") or []:
             if (ep.get("conditions") or {}).get("ready") is False:
                 not_ready += 1
@@ -363,16 +264,23 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
     except ValueError:
         serving_cert = None
     guard = GuardFacts(namespace=guard_namespace, deployment_found=isinstance(got["deployment"], dict),
-                       args=args, env=env, validating=_webhooks(got["validating"]),
-                       mutating=_webhooks(got["mutating"]), service_found=isinstance(got["service"], dict),
+                       args=args, env=env, validating=webhook_facts(got["validating"]),
+                       mutating=webhook_facts(got["mutating"]),
+                       service_found=isinstance(got["service"], dict),
                        ready_endpoints=ready, not_ready_endpoints=not_ready, serving_cert=serving_cert,
-                       unreadable=tuple(guard_notes))
+                       unreadable=tuple(guard_notes),
+                       policies=tuple(PolicyFacts.read(n, got[f" {n}"], got[f"Binding {n}"])
+                                      for n in (NODE_POLICY, LEASE_POLICY)),
+                       policy_params=string_data(got["params"]))
     return ClusterFacts(resolution=got["resolution"], configmaps=tuple(configmaps), nodes=tuple(nodes),
                         pods=tuple(pods), nodes_readable=nodes_readable, notes=tuple(notes),
-                        events=tuple(_event(e) for e in _items(got["events"])), workload_pods=workloads,
-                        controller_managers=kcm, kube_proxy_mode=_kube_proxy_mode(got["proxy"]),
+                        events=tuple(event_facts(e) for e in items_of(got["events"])),
+                        workload_pods=workloads,
+                        controller_managers=kcm, kube_proxy_mode=kube_proxy_mode(got["proxy"]),
                         service_cidrs=service_cidrs, reservations=reservations, claims=claims, guard=guard,
                         flannel_configmaps=tuple(flannel_configmaps), gathered_at=time.time())
+
+
 
 
 async def _none() -> None:

@@ -17,7 +17,17 @@ from webhook.doctor.facts import ClusterFacts
 from webhook.doctor.model import Context, Section
 from webhook.doctor.rank import rank_findings
 from webhook.doctor.report import Report
-from webhook.doctor.sections import annotations, cidr, claims, flannel_config, guard, kubelet, nodes, pods
+from webhook.doctor.sections import (
+    annotations,
+    cidr,
+    claims,
+    flannel_config,
+    guard,
+    kubelet,
+    nodes,
+    pods,
+    protections,
+)
 
 __all__ = ["diagnose"]
 
@@ -36,6 +46,10 @@ def diagnose(facts: ClusterFacts, settings: RuleSettings | None = None, *,
         now = datetime.fromtimestamp(facts.gathered_at, UTC)
     guard_row, s = guard.guard(ctx, now)
     sections.append(s)
+    rows, s = protections.protections(ctx)
+    sections.append(s)
+    if guard_row is not None:
+        guard_row = dataclasses.replace(guard_row, protections=rows)
     believed, s = claims.claims(ctx, now)  # only believed claims are drawn as reserved
     sections.append(s)
     cm_rows, s = flannel_config.configmaps(ctx)

@@ -146,6 +146,28 @@ class ClaimFacts:
 
 
 @dataclass(frozen=True)
+class PolicyFacts:
+    """One of flannel-guard's ValidatingAdmissionPolicies and its binding (of the same name), as read."""
+
+    name: str
+    policy: bool = False              # the policy exists
+    binding: bool = False             # its binding exists
+    failure_policy: str = "Fail"      # the policy's spec.failurePolicy
+    actions: tuple[str, ...] = ()     # the binding's validationActions
+    param_not_found: str = ""         # the binding's paramRef.parameterNotFoundAction
+
+    @classmethod
+    def read(cls, name: str, policy: object, binding: object) -> PolicyFacts:
+        """From the two objects as the API returned them (None: not found, or not read)."""
+        spec = (policy.get("spec") or {}) if isinstance(policy, dict) else {}
+        bspec = (binding.get("spec") or {}) if isinstance(binding, dict) else {}
+        return cls(name, isinstance(policy, dict), isinstance(binding, dict),
+                   str(spec.get("failurePolicy") or "Fail"),
+                   tuple(str(a) for a in bspec.get("validationActions") or ()),
+                   str((bspec.get("paramRef") or {}).get("parameterNotFoundAction") or ""))
+
+
+@dataclass(frozen=True)
 class GuardFacts:
     """flannel-guard itself: its Deployment, webhook configurations, Service endpoints and certificate.
 
@@ -163,6 +185,9 @@ class GuardFacts:
     not_ready_endpoints: int = 0
     serving_cert: bytes | None = None  # PEM from the TLS Secret's tls.crt
     unreadable: tuple[str, ...] = ()
+    # The opt-in admission policies (components/admission-policy) and the parameter ConfigMap's data.
+    policies: tuple[PolicyFacts, ...] = ()
+    policy_params: Mapping[str, str] | None = None
 
     @property
     def installed(self) -> bool:

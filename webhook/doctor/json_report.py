@@ -39,7 +39,9 @@ def report_document(r: Report) -> dict[str, Any]:
         "flannelGuard": None if g is None else {
             "namespace": g.namespace, "validatingWebhook": g.validating, "mutatingWebhook": g.mutating,
             "readyEndpoints": g.ready_endpoints, "certNotAfter": g.cert_not_after,
-            "caBundleVerifies": g.cert_verified, "allocator": g.allocator},
+            "caBundleVerifies": g.cert_verified, "allocator": g.allocator,
+            "protections": [{"kind": p.kind, "name": p.name, "state": p.state, "detail": p.detail}
+                            for p in g.protections]},
         "nodes": [{"name": n.name, "podCIDRs": list(n.pod_cidrs), "ok": not n.problems,
                    "problems": list(n.problems)} for n in r.nodes],
         "flannelPodsNotReady": [{"namespace": p.namespace, "name": p.name, "node": p.node, "state": p.state,

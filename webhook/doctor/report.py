@@ -117,6 +117,16 @@ class NodeRow:
 
 
 @dataclass(frozen=True)
+class ProtectionRow:
+    """One protection (a webhook, an admission policy, the policy's parameters) and its state."""
+
+    kind: str
+    name: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class GuardRow:
     """flannel-guard as doctor saw it (None when it is not installed)."""
 
@@ -127,6 +137,7 @@ class GuardRow:
     cert_not_after: str | None
     cert_verified: bool | None
     allocator: str
+    protections: tuple[ProtectionRow, ...] = ()
 
 
 @dataclass(frozen=True)

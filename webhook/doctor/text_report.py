@@ -73,6 +73,10 @@ def render_text(r: Report) -> str:
                          "CABUNDLE VERIFIES", "ALLOCATOR"],
                         [[g.namespace, _yes(g.validating), _yes(g.mutating), str(g.ready_endpoints),
                           g.cert_not_after or "-", _yes(g.cert_verified), g.allocator]])
+        if g.protections:
+            lines += ["", "PROTECTIONS (what holds while flannel-guard is down)"]
+            lines += _table(["KIND", "NAME", "STATE", "WHAT IT DOES"],
+                            [[p.kind, p.name, p.state, p.detail] for p in g.protections])
     lines += ["", f"NODES ({len(r.nodes)})"]
     lines += _table(["NODE", "PODCIDRS", "STATUS"],
                     [[n.name, _cidrs_text(n.pod_cidrs), ", ".join(n.problems) or "ok"] for n in r.nodes])

@@ -145,6 +145,10 @@ def guard(ctx: Context, now: datetime | None = None) -> tuple[GuardRow | None, S
         impact = (f"With failurePolicy Fail ({', '.join(fail)}) every write they match is refused:"
                   " 'failed calling webhook ... no endpoints available for service'." if fail else
                   "failurePolicy Ignore: writes go through unchecked.")
+        if "podcidrs.nodes.flannel-guard.io" in fail:
+            impact += (" kube-controller-manager's podCIDR writes are refused and retried (events"
+                       " CIDRAssignmentFailed on the Nodes); kubelet registration goes through, without a"
+                       " podCIDR, and flannel-guard's loop gives one once a replica is back.")
         out.add(Severity.ERROR if fail else Severity.WARNING, "GuardNoEndpoints", "flannel-guard",
                 f"{what}: kube-apiserver cannot call flannel-guard.", impact,
                 [Fix("manual", f"kubectl -n {g.namespace} get pods -l app.kubernetes.io/name={SERVICE}"
