@@ -62,7 +62,8 @@ def test_the_admission_policy_with_current_parameters_is_active() -> None:
     assert got["flannel-guard-leases"] == ("admission policy", "active")
     assert got["ConfigMap flannel-guard/flannel-guard-policy-params"] == ("policy parameters", "current")
     paths = {r.path for r in api.requests}
-    assert "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/flannel-guard-leases" in paths
+    binding = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/flannel-guard-leases"
+    assert binding in paths
 
 
 def test_the_admission_policy_without_its_parameters_checks_nothing() -> None:
