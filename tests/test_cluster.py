@@ -217,7 +217,8 @@ def test_discovery_with_the_api_down_returns_notes_not_errors() -> None:
 
     res = run(scenario())
     assert res.networks == (V4,)
-    assert sum("unreachable" in n for n in res.notes + res.absent) == 3
+    # the controller-manager pods, kubeadm-config, kube-proxy and the two server Node lists
+    assert sum("unreachable" in n for n in res.notes + res.absent) == 5
 
 
 def test_apply_resolution_sets_the_serving_state() -> None:

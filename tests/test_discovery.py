@@ -271,7 +271,8 @@ def test_all_sources_agreeing_keeps_every_origin() -> None:
     """All four sources agree: the flag wins, every source is kept, no notes at all."""
     res = _resolve(_case("10.244.0.0/16", "10.244.0.0/16", "10.244.0.0/16", "10.244.0.0/16"))
     assert res.effective is not None and res.effective.kind is SourceKind.FLAG
-    assert [s.kind for s in res.sources] == [k for k in SourceKind if k is not SourceKind.FLANNEL]
+    assert [s.kind for s in res.sources] == [k for k in SourceKind
+                                             if k not in (SourceKind.FLANNEL, SourceKind.NODE_ARGS)]
     assert res.notes == ()
     assert res.allocate_node_cidrs is True
     assert res.service is not None and res.service.describe() == "10.96.0.0/12"

@@ -26,10 +26,12 @@ class SourceKind(enum.IntEnum):
 
     FLAG = 0
     CONTROLLER_MANAGER = 1
-    KUBEADM = 2
-    KUBE_PROXY = 3
+    #: A k3s or RKE2 server's flags, recorded on its Node (:mod:`webhook.core.nodeargs`).
+    NODE_ARGS = 2
+    KUBEADM = 3
+    KUBE_PROXY = 4
     #: The flannel ConfigMap's Network: the cluster-cidr only when no other source holds one.
-    FLANNEL = 4
+    FLANNEL = 5
 
 
 ORDER = tuple(SourceKind)
@@ -60,7 +62,10 @@ class CidrSource:
 
 @dataclass(frozen=True)
 class ControllerManagerFacts:
-    """What one kube-controller-manager pod's flags say (None: the flag is absent)."""
+    """What one kube-controller-manager's flags say (None: the flag is absent).
+
+    ``who`` names it in notes: a pod's, or a k3s/RKE2 server's (its Node's node-args).
+    """
 
     pod: str
     cluster_cidr: CidrSource
@@ -70,6 +75,11 @@ class ControllerManagerFacts:
     node_cidr_mask_size_ipv6: int | None = None
     service_cluster_ip_range: CidrSource | None = None
     notes: tuple[str, ...] = ()
+    who: str = ""
+
+    def describe(self) -> str:
+        """Who runs it, for notes: ``kube-controller-manager pod kube-system/kcm-cp1``."""
+        return self.who or f"kube-controller-manager pod {_clip(self.pod, 80)}"
 
 
 @dataclass(frozen=True)

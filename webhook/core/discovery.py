@@ -199,7 +199,7 @@ def node_mask_sizes(
     if facts is None:
         return v4, v6, ()
     both, m4, m6 = facts.node_cidr_mask_size, facts.node_cidr_mask_size_ipv4, facts.node_cidr_mask_size_ipv6
-    who = f"kube-controller-manager pod {_clip(facts.pod, 80)}"
+    who = facts.describe()
     notes: list[str] = []
     dual = cluster_cidr is not None and len(cluster_cidr) > 1
     if dual and both is not None:

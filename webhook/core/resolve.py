@@ -30,6 +30,7 @@ from webhook.core.discovery import (
     from_kubeadm_config,
     node_mask_sizes,
 )
+from webhook.core.nodeargs import from_nodes
 
 __all__ = ["resolution_from", "resolve"]
 
@@ -93,11 +94,11 @@ def resolve(
                                 " nodes get no podCIDR", s.origin, effective.origin))
     else:
         out.append("no cluster-cidr source answered (--cluster-cidr flag, kube-controller-manager pod,"
-                   " kubeadm-config, kube-proxy): the ConfigMap rule cannot compare")
+                   " k3s/RKE2 node-args, kubeadm-config, kube-proxy): the ConfigMap rule cannot compare")
     for f in controller_managers:
         out.extend(f.notes)
         if f.allocate_node_cidrs is not True and f.cluster_cidr.networks:
-            out.append(_note(f"kube-controller-manager pod {_clip(f.pod, 70)} runs without"
+            out.append(_note(f"{_clip(f.describe(), 100)} runs without"
                              " --allocate-node-cidrs=true: nodes get no podCIDR from it"))
     mask_v4, mask_v6, mask_notes = node_mask_sizes(facts, effective.networks if effective else None)
     out.extend(mask_notes)
@@ -172,12 +173,15 @@ def resolution_from(
     pods_listed: bool = True,
     namespace: str = "kube-system",
     flannel_fallback: bool = True,
+    servers: Sequence[Mapping[str, Any]] = (),
 ) -> Resolution:
     """Every source from the objects they are read from (raw JSON), resolved. Pure.
 
     ``pods``: the kube-controller-manager pods (label ``component=kube-controller-manager``);
     ``flannel``: the guarded flannel ConfigMaps in their guarded order; ``notes``: why a
-    source is absent (not found, forbidden, unreachable), kept in ``absent``.
+    source is absent (not found, forbidden, unreachable), kept in ``absent``; ``servers``:
+    the Nodes that may be k3s/RKE2 servers (:func:`webhook.core.nodeargs.from_nodes`), read
+    after the kube-controller-manager pods, so a pod's masks win.
     """
     sources: list[CidrSource] = [flag] if flag is not None else []
     services: list[CidrSource] = []
@@ -195,6 +199,12 @@ def resolution_from(
     if pods_listed and not facts:
         absent.append(f"no kube-controller-manager pod in {namespace}"
                       " (label component=kube-controller-manager)")
+    distro, distro_notes = from_nodes(servers)
+    for f in distro:
+        facts.append(f)
+        sources.append(f.cluster_cidr)
+        if f.service_cluster_ip_range:
+            services.append(f.service_cluster_ip_range)
     if kubeadm is not None:
         pod_subnet, service_subnet = from_kubeadm_config(kubeadm)
         if pod_subnet is not None:
@@ -204,6 +214,6 @@ def resolution_from(
     if proxy is not None and (cidr := from_kube_proxy(proxy)) is not None:
         sources.append(cidr)
     fallbacks = [c for c in map(from_flannel_configmap, flannel) if c is not None]
-    resolution = resolve(sources, services=services, controller_managers=facts,
+    resolution = resolve(sources, services=services, controller_managers=facts, notes=distro_notes,
                          flannel=fallbacks if flannel_fallback else None)
     return dataclasses.replace(resolution, absent=tuple(absent))

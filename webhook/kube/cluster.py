@@ -1,7 +1,8 @@
 """The thin I/O shell around :mod:`webhook.core.discovery` and the node index.
 
 * :func:`discover` reads the kube-controller-manager pod(s), the ``kubeadm-config``
-  and ``kube-proxy`` ConfigMaps in kube-system and hands them to the pure parsers.
+  and ``kube-proxy`` ConfigMaps in kube-system and the server Nodes (k3s/RKE2 node-args)
+  and hands them to the pure parsers.
   A source that answers 404 or 403 (or cannot be reached) is absent, with a note:
   it needs fewer RBAC rights to try and handle the failure than to check first.
 * :class:`NodeWatcher` keeps :attr:`ClusterState.index` current, in the shape of
@@ -47,6 +48,7 @@ from kubernetes.client.exceptions import ApiException
 from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
 from webhook.core.discovery import CidrSource, Resolution, flag_source
+from webhook.core.nodeargs import SERVER_LABELS
 from webhook.core.resolve import resolution_from
 from webhook.kube.raw import raw_request
 
@@ -116,7 +118,7 @@ async def discover(
 ) -> Resolution:
     """Read every cluster-cidr source the API has and resolve them (:func:`webhook.core.resolve.resolve`).
 
-    ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The three reads
+    ``flag`` is the operator's ``--cluster-cidr`` (text or parsed). The reads
     run concurrently, each in a thread with ``timeout`` seconds (connect and read).
     """
     def get(what: str, operation: str, path: str, **kwargs: Any) -> tuple[Any, str | None]:
@@ -141,8 +143,11 @@ async def discover(
                           f"{base}/configmaps/kubeadm-config"),
         asyncio.to_thread(get, f"ConfigMap {namespace}/kube-proxy", "read_namespaced_config_map",
                           f"{base}/configmaps/kube-proxy"),
+        *(asyncio.to_thread(get, f"nodes ({label})", "list_node", "/api/v1/nodes", label_selector=label)
+          for label in SERVER_LABELS),
     )
-    (pods, kubeadm, proxy) = (doc for doc, _ in answers)
+    (pods, kubeadm, proxy) = (doc for doc, _ in answers[:3])
+    servers = {n.get("metadata", {}).get("name"): n for doc, _ in answers[3:] for n in _items(doc)}
     notes = [note for _, note in answers if note]
     if isinstance(flag, str):
         flag_src = flag_source(flag, flag_origin) if flag else None
@@ -151,7 +156,7 @@ async def discover(
     return resolution_from(flag_src, _items(pods), kubeadm if isinstance(kubeadm, dict) else None,
                            proxy if isinstance(proxy, dict) else None, flannel or (), notes=notes,
                            pods_listed=isinstance(pods, dict), namespace=namespace,
-                           flannel_fallback=flannel is not None)
+                           flannel_fallback=flannel is not None, servers=list(servers.values()))
 
 
 def _items(doc: object) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The cluster-cidr sources, followed live: a watch of each object they are read from.
 
 kube-controller-manager's pods (its flags), ``kube-system/kubeadm-config``,
-``kube-system/kube-proxy`` and the guarded flannel ConfigMaps are each listed and
+``kube-system/kube-proxy``, the guarded flannel ConfigMaps and the server Nodes (a k3s or
+RKE2 server's flags are its Node's node-args annotation) are each listed and
 watched (:class:`ObjectWatcher`, a :class:`~webhook.kube.watch.Reflector`); after
 every change the pure :func:`webhook.core.resolve.resolution_from` resolves them again
 and :class:`LiveSources` hands the result on. A kubeadm-config edited, a
@@ -21,6 +22,7 @@ from typing import Any
 import kubernetes.client
 
 from webhook.core.discovery import CidrSource, Resolution
+from webhook.core.nodeargs import DISTRIBUTIONS, SERVER_LABELS
 from webhook.core.resolve import resolution_from
 from webhook.kube.raw import raw_response
 from webhook.kube.watch import Reflector
@@ -40,10 +42,21 @@ def guarded_order(refs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(refs, key=lambda r: (r[0] != "kube-flannel", r))
 
 
+_NODE_ARGS = tuple(annotation for _, annotation in DISTRIBUTIONS)
+
+
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the parsers read of a pod or ConfigMap: metadata (name, namespace, labels), spec, data."""
+    """What the parsers read of a pod, ConfigMap or Node: metadata (name, namespace, labels, the
+    node-args annotations), spec.containers, data, status.addresses."""
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     out: dict[str, Any] = {"metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}}
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+    kept = {k: annotations[k] for k in _NODE_ARGS if k in annotations}
+    if kept:
+        out["metadata"]["annotations"] = kept
+    status = obj.get("status")
+    if isinstance(status, dict) and isinstance(status.get("addresses"), list):
+        out["status"] = {"addresses": status["addresses"][:16]}
     if isinstance(obj.get("spec"), dict):
         containers = obj["spec"].get("containers")
         out["spec"] = {"containers": containers if isinstance(containers, list) else []}
@@ -53,14 +66,15 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class ObjectWatcher(Reflector):
-    """List + watch pods or ConfigMaps of one namespace (by label, or one by name), kept raw."""
+    """List + watch pods or ConfigMaps of one namespace (by label, or one by name), or Nodes by label."""
 
     def __init__(self, api: kubernetes.client.ApiClient, plural: str, namespace: str,
                  on_change: Callable[[], None], *, label_selector: str | None = None,
                  name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        assert plural in ("pods", "configmaps")
-        self.what = f"{plural} {namespace}/{name or label_selector}"
+        assert plural in ("pods", "configmaps", "nodes")
+        where = f"{namespace}/" if namespace else ""
+        self.what = f"{plural} {where}{name or label_selector}"
         self._api = api
         self._plural = plural
         self._namespace = namespace
@@ -74,6 +88,10 @@ class ObjectWatcher(Reflector):
 
     def _call(self, *, watch: bool = False, **kwargs: Any) -> Any:
         kwargs.update(self._selector)
+        if self._plural == "nodes":
+            if watch:
+                return raw_response(self._api, "list_node", "/api/v1/nodes", watch=True, **kwargs)
+            return raw_response(self._api, "list_node", "/api/v1/nodes", **kwargs)
         path = f"/api/v1/namespaces/{self._namespace}/{self._plural}"
         if self._plural == "pods":
             if watch:
@@ -127,7 +145,11 @@ class LiveSources:
         self.proxy = ObjectWatcher(api, "configmaps", namespace, changed, name="kube-proxy", **kwargs)
         self.flannel = [ObjectWatcher(api, "configmaps", ns, changed, name=name, **kwargs)
                         for ns, name in guarded_order(flannel_refs)]
-        self.watchers: list[ObjectWatcher] = [self.pods, self.kubeadm, self.proxy, *self.flannel]
+        # k3s/RKE2 servers: a label selector each (no OR in a selector), few Nodes, merged by name.
+        self.servers = [ObjectWatcher(api, "nodes", "", changed, label_selector=label, **kwargs)
+                        for label in SERVER_LABELS]
+        self.watchers: list[ObjectWatcher] = [self.pods, self.kubeadm, self.proxy, *self.flannel,
+                                              *self.servers]
         self._last: Resolution | None = None
 
     def resolution(self) -> Resolution:
@@ -140,6 +162,7 @@ class LiveSources:
             self.proxy.objects.get("kube-proxy"),
             [doc for w in self.flannel for doc in w.objects.values()],
             notes=absent, pods_listed=self.pods.synced.is_set(), namespace=self._namespace,
+            servers=list({name: doc for w in self.servers for name, doc in w.objects.items()}.values()),
         )
 
     def _changed(self) -> None:

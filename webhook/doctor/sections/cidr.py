@@ -26,6 +26,7 @@ __all__ = ["LABELS", "capacity", "cluster", "conflicts", "sources"]
 LABELS = {
     SourceKind.FLAG: "--cluster-cidr flag",
     SourceKind.CONTROLLER_MANAGER: "kube-controller-manager --cluster-cidr",
+    SourceKind.NODE_ARGS: "k3s/RKE2 server node-args --cluster-cidr",
     SourceKind.KUBEADM: "kubeadm-config networking.podSubnet",
     SourceKind.KUBE_PROXY: "kube-proxy config.conf clusterCIDR",
 }
@@ -48,7 +49,7 @@ def sources(ctx: Context) -> list[SourceRow]:
     for kind in SourceKind:
         if kind is SourceKind.FLANNEL:
             continue  # the flannel ConfigMaps have rows of their own, below
-        if kind not in by_kind:
+        if kind not in by_kind and kind is not SourceKind.NODE_ARGS:  # no row off k3s/RKE2
             status = "not given" if kind is SourceKind.FLAG else "no value"
             rows.append(SourceRow(LABELS[kind], "", "-", status))
         for s in ctx.res.sources:

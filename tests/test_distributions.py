@@ -1,0 +1,103 @@
+"""k3s and RKE2 clusters as they present themselves, on the loopback API, with a served replica.
+
+Neither runs kube-controller-manager as a pod nor has a kubeadm-config: the cluster-cidr is on the
+server Nodes' node-args (tests/fixtures/k3s-server-node.yaml, rke2-server-node.yaml). The replica
+runs with the shipped arguments (no --cluster-cidr); the test plays the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+from conftest import node, review
+from kube_emulator import ApiThread, client_for, kubeconfig_file
+from server_process import serve
+
+from webhook.kube.cluster import discover
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> dict:
+    return yaml.safe_load((FIXTURES / name).read_text())
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def post(url: str, ca: Path, body: dict) -> dict:
+    async def go() -> dict:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        async with httpx.AsyncClient(verify=ctx, timeout=60) as c:
+            r = await c.post(f"{url}/validate", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["response"]
+    return asyncio.run(go())
+
+
+def test_k3s_discovery_reads_the_server_node_args():
+    api = ApiThread()
+    try:
+        api.call(api.api.put_node(fixture("k3s-server-node.yaml")))
+        res = asyncio.run(discover(client_for(api.api.url), None))
+        assert [str(n) for n in res.networks] == ["10.52.0.0/16"]
+        assert res.effective.origin == "k3s server node k3s-cp-0 k3s.io/node-args --cluster-cidr"
+        assert (res.mask_v4, [str(n) for n in res.service.networks]) == (25, ["10.53.0.0/16"])
+        assert res.allocate_node_cidrs is True and res.agree
+    finally:
+        api.close()
+
+
+def test_rke2_discovery_takes_the_default_when_the_flag_is_absent():
+    api = ApiThread()
+    try:
+        api.call(api.api.put_node(fixture("rke2-server-node.yaml")))
+        res = asyncio.run(discover(client_for(api.api.url), None))
+        assert [str(n) for n in res.networks] == ["10.42.0.0/16"] and res.mask_v4 == 24
+        assert res.effective.origin.startswith("rke2 server node rke2-cp-0: rke2's default cluster-cidr")
+    finally:
+        api.close()
+
+
+def test_a_k3s_node_outside_the_range_is_refused_naming_it_and_a_second_server_is_followed(tmp_path):
+    api = ApiThread()
+    server = fixture("k3s-server-node.yaml")
+    try:
+        api.call(api.api.put_node(server))
+        cfg = kubeconfig_file(tmp_path / "kubeconfig", api.api.url)
+        with serve(tmp_path, "--kubeconfig", str(cfg), "--shutdown-delay", "0", cluster_cidr=None) as replica:
+            ca = tmp_path / "ca.crt"
+            resp = post(replica.url, ca, review(node("k3s-agent-1", "10.42.1.0/24")))
+            assert resp["allowed"] is False
+            message = resp["status"]["message"]
+            assert "10.42.1.0/24" in message and "10.52.0.0/16" in message, message
+            # of the node mask the server's kube-controller-manager-arg gives
+            assert post(replica.url, ca, review(node("k3s-agent-2", "10.52.1.0/24")))["allowed"] is False
+            assert post(replica.url, ca, review(node("k3s-agent-3", "10.52.1.0/25")))["allowed"] is True
+            # A second server joins with another cluster-cidr: a disagreement, said in every answer.
+            other = copy.deepcopy(server)
+            other["metadata"]["name"] = "k3s-cp-1"
+            other["metadata"]["annotations"]["k3s.io/node-args"] = json.dumps(
+                ["server", "--server", "https://k3s-cp-0:6443", "--token", "********"])
+            other["spec"] = {}
+            api.call(api.api.put_node(other))
+
+            def disagreement() -> list[str]:
+                r = post(replica.url, ca, review(node("k3s-agent-4", "10.52.2.0/25")))
+                return [w for w in r.get("warnings", []) if "cluster-cidr disagreement" in w]
+            wait_until(disagreement, "the second server's default 10.42.0.0/16 reported", timeout=10)
+            assert any("k3s-cp-1" in w and "10.42.0.0/16" in w for w in disagreement())
+    finally:
+        api.close()
