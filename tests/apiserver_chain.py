@@ -46,7 +46,7 @@ import ssl
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ import httpx
 import jsonpatch
 import yaml
 from admission_match import Webhook, conditions, hook_of, request, rules_match
+from admission_policy import PolicySet, evaluate, request_attrs
 from kube_emulator import FakeKubeApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,21 +75,31 @@ def _certs(out: Path) -> Path:
     return out
 
 
-def render(how: str, tmp: Path) -> list[Obj]:
-    """Every object of the default install, rendered by ``kustomize`` or ``helm``, with real tools."""
+def render(how: str, tmp: Path, *, admission_policy: bool = False) -> list[Obj]:
+    """Every object of the default install (with the admission-policy component if asked), rendered
+    by ``kustomize`` or ``helm``, with the real tools."""
     if how == "kustomize":
         tree = tmp / "manifests"
         shutil.copytree(ROOT / "manifests", tree, ignore=lambda d, names: (
             [n for n in names if n not in {"README.md", "kustomization.yaml"}] if Path(d).name == "certs"
             else []))
         _certs(tree / "certs")
-        command = [str(KUBECTL), "kustomize", str(tree)]
+        target = tree
+        if admission_policy:  # as manifests/README.md composes it
+            target = tree / "overlays" / "with-admission-policy"
+            target.mkdir()
+            (target / "kustomization.yaml").write_text(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                "resources: [../../base, ../../certs]\n"
+                "components: [../../components/admission-policy, ../../components/ca-bundle-from-secret]\n")
+        command = [str(KUBECTL), "kustomize", str(target)]
     elif how == "helm":
         certs = _certs(tmp / "helm-certs")
         command = [str(HELM), "template", "flannel-guard", str(ROOT / "charts" / "flannel-guard"),
                    "--namespace", "flannel-guard",
                    *[a for k in ("crt", "key") for a in ("--set-file", f"tls.{k}={certs / f'tls.{k}'}")],
-                   "--set-file", f"tls.ca={certs / 'ca.crt'}"]
+                   "--set-file", f"tls.ca={certs / 'ca.crt'}",
+                   *(["--set", "admissionPolicy.enabled=true"] if admission_policy else [])]
     else:
         raise ValueError(how)
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
@@ -216,6 +227,9 @@ class Chain:
     hooks: list[HookConfig]
     endpoints: Endpoints
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    # ValidatingAdmissionPolicies (tests/admission_policy.py PolicySet) and where their params are.
+    policies: PolicySet | None = None
+    params: Callable[[], Mapping[tuple[str, str], Obj]] = dict
     calls: int = 0
     failed_calls: list[str] = field(default_factory=list)   # webhook: why (any failurePolicy)
     refused: list[str] = field(default_factory=list)        # every refused write: why
@@ -279,6 +293,9 @@ class Chain:
         for validating in (False, True):
             if validating and check is not None:
                 check(obj)
+            if validating and self.policies is not None:
+                self._policies(operation, obj, old, kind=kind, resource=resource, namespace=namespace,
+                               username=username)
             for cfg in self.hooks:
                 if cfg.hook.mutating is validating:
                     continue
@@ -298,6 +315,22 @@ class Chain:
                     obj = jsonpatch.apply_patch(obj, jsonpatch.JsonPatch.from_string(
                         base64.b64decode(resp["patch"]).decode()))
         return obj
+
+    def _policies(self, operation: str, obj: Obj | None, old: Obj | None, *, kind: str, resource: str,
+                  namespace: str, username: str) -> None:
+        """The ValidatingAdmissionPolicy plugin, between mutating and validating webhooks (kube-apiserver's
+        plugin order, ``pkg/kubeapiserver/options/plugins.go``): no webhook, no replica involved."""
+        assert self.policies is not None
+        meta = (obj if obj is not None else old or {}).get("metadata", {})
+        req = request_attrs(operation, group="", version="v1", resource=resource, kind=kind,
+                            name=meta.get("name", ""), namespace=namespace, username=username)
+        ns_obj = ({"metadata": {"name": namespace, "labels": self.namespaces.get(namespace, {})
+                                | {"kubernetes.io/metadata.name": namespace}}} if namespace else None)
+        for name in self.policies.policies:
+            verdict = evaluate(self.policies, name, req, obj, old, params=self.params(), namespace=ns_obj)
+            if not verdict.allowed:
+                raise Refused(422, f"ValidatingAdmissionPolicy '{name}' denied request:"
+                                   f" {'; '.join(verdict.messages) or verdict.reason}")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -434,7 +467,7 @@ class Cluster:
     """
 
     def __init__(self, hooks: list[HookConfig], tmp: Path, *, cluster_cidr: str = "10.244.0.0/16",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), policies: PolicySet | None = None) -> None:
         from kube_emulator import ApiThread, kubeconfig_file
 
         self.tmp = tmp
@@ -444,7 +477,9 @@ class Cluster:
         self.thread = ApiThread(self.api)
         self.kubeconfig = kubeconfig_file(tmp / "kubeconfig", self.api.url)
         self.endpoints = Endpoints(ca=tmp / "ca.crt")
-        self.api.chain = self.chain = Chain(hooks, self.endpoints)
+        self.api.chain = self.chain = Chain(hooks, self.endpoints, policies=policies)
+        self.chain.params = lambda: {(ns, name): o for (plural, ns, name), o in list(self.api.objects.items())
+                                     if plural == "configmaps"}
         self.replicas: dict[str, contextlib.ExitStack] = {}
         self._procs: dict[str, Any] = {}  # url -> server_process.ServerProcess
         self.http = httpx.Client(base_url=self.api.url, timeout=60)

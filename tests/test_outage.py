@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from admission_policy import PolicySet
 from apiserver_chain import Cluster, HookConfig, hook_configs, render
 from test_manifests import KUBECTL, need_tool
 
@@ -36,11 +37,18 @@ def hooks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return hook_configs(render(request.param, tmp_path_factory.mktemp(request.param)))
 
 
+@pytest.fixture(scope="module", params=["kustomize", "helm"])
+def with_policy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The install with the admission-policy component (kustomize) or admissionPolicy.enabled (Helm)."""
+    return render(request.param, tmp_path_factory.mktemp(request.param), admission_policy=True)
+
+
 @contextlib.contextmanager
-def running(hooks: list[HookConfig], tmp: Path, network: str = "10.244.0.0/16") -> Iterator[Cluster]:
+def running(hooks: list[HookConfig], tmp: Path, network: str = "10.244.0.0/16",
+            policies: PolicySet | None = None) -> Iterator[Cluster]:
     """A cluster as flannel-guard finds it: node-a holds the range's second /24, flannel's Network
     matches the cluster-cidr; replicas run with the shipped --shutdown-delay (5 s)."""
-    c = Cluster(hooks, tmp, cluster_cidr=network, args=("--shutdown-delay", "5"))
+    c = Cluster(hooks, tmp, cluster_cidr=network, args=("--shutdown-delay", "5"), policies=policies)
     second = str(list(ipaddress.ip_network(network).subnets(new_prefix=24))[1])
     c.thread.call(c.api.put_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
                                   "spec": {"podCIDR": second, "podCIDRs": [second]}}))
@@ -164,3 +172,30 @@ def roll(c: Cluster) -> None:
     assert len(joined) == len(statuses) and all(joined.values())
     assert c.duplicates() == []
 
+
+
+def test_with_every_webhook_configuration_deleted_the_policy_still_refuses(
+        with_policy: list[dict], tmp_path: Path) -> None:
+    """Break glass: the webhook configurations deleted, no replica running. The API server itself
+    still refuses the stateless podCIDR errors, from the parameters the leader wrote; what needs
+    state (another node's podCIDR) is no longer checked until the configurations are back."""
+    policies = PolicySet.load([o for o in with_policy if "AdmissionPolicy" in o["kind"]])
+    assert set(policies.policies) == {"flannel-guard-node-podcidrs", "flannel-guard-leases"}
+    params = ("configmaps", "flannel-guard", "flannel-guard-policy-params")
+    with running(hook_configs(with_policy), tmp_path, policies=policies) as c:
+        url = c.start()
+        c.wait_stored(lambda: params in c.api.objects)  # the elected replica wrote the parameters
+        assert c.api.objects[params]["data"]["clusterCIDRs"] == "10.244.0.0/16"
+        c.kill(url)
+        # kubectl delete validatingwebhookconfiguration,mutatingwebhookconfiguration flannel-guard
+        c.chain.hooks = []
+        assert c.register("node-b").status_code == 201
+        for wrong in ("10.99.0.0/24", "10.244.5.0/25"):
+            r = c.patch_pod_cidr("node-b", wrong)
+            assert r.status_code == 422, r.text
+            assert "flannel-guard-node-podcidrs" in r.json()["message"]
+        assert c.pod_cidrs()["node-b"] == []
+        assert c.chain.calls == 0  # no webhook was in the loop
+        r = c.patch_pod_cidr("node-b", "10.244.5.0/24")
+        assert r.status_code == 200 and c.pod_cidrs()["node-b"] == ["10.244.5.0/24"]
+        assert c.duplicates() == []
