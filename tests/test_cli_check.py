@@ -126,3 +126,82 @@ def test_strict_fails_when_nothing_was_checked_or_the_cluster_cidr_is_unknown(tm
     assert "--strict: the cluster-cidr is unknown" in out
     assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml"), "--strict",
                  "--cluster-cidr", "10.244.0.0/16"]) == 0
+
+
+NODE_MANIFESTS = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: a
+spec:
+  podCIDR: 10.244.1.0/24
+  podCIDRs: [10.244.1.0/24]
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: b}
+  spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: c}
+  spec: {podCIDR: 10.99.0.0/24, podCIDRs: [10.99.0.0/24]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: d}
+  spec: {podCIDR: 10.244.0.0/25, podCIDRs: [10.244.0.0/25]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: e}
+  spec: {podCIDR: 10.244.2.1/24, podCIDRs: [10.244.2.1/24]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: f}
+  spec: {podCIDR: 10.244.3.0/24, podCIDRs: [10.244.3.0/24]}
+"""
+
+
+def test_node_manifests_get_distinct_free_cidrs_in_the_allocators_order_to_write_in_the_file(
+        tmp_path, capsys):
+    # The issue's GitOps repository: a duplicate pair, a node outside the range, a /25, host bits,
+    # and a good node (f) whose CIDR no fix may name.
+    from ipaddress import ip_network
+
+    from webhook.core.dualstack import DualStackAllocator
+    from webhook.core.nodeindex import NodeCidrIndex
+
+    f = tmp_path / "nodes.yml"
+    f.write_text(NODE_MANIFESTS)
+    assert main(["check", str(f), "--cluster-cidr", "10.244.0.0/16", "-o", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    objects = {o["name"]: o for o in report["objects"]}
+    # Every object, List items included, at the line it starts on.
+    assert {n: o["location"]["line"] for n, o in objects.items()} == {
+        "a": 1, "b": 12, "c": 16, "d": 20, "e": 24, "f": 28}
+    assert objects["c"]["source"] == f"{f}:16"
+    proposed = []
+    for name in "abcde":
+        [finding] = [x for x in objects[name]["findings"] if x["severity"] == "error"]
+        assert f"in {f}:{objects[name]['location']['line']} (Node {name}) write spec.podCIDR: " \
+            in finding["fix"] and "kubectl" not in finding["fix"]
+        proposed.append(ip_network(finding["fix"].split("spec.podCIDR: ")[1].split(" ")[0]))
+    assert objects["f"]["findings"] == []
+    # The allocator's own answers, with every podCIDR of the input occupied.
+    index = NodeCidrIndex()
+    for name, cidr in [("a", "10.244.1.0/24"), ("b", "10.244.1.0/24"), ("d", "10.244.0.0/25"),
+                       ("e", "10.244.2.0/24"), ("f", "10.244.3.0/24")]:
+        index.set(name, [ip_network(cidr)])
+    allocator = DualStackAllocator.from_index([ip_network("10.244.0.0/16")], index)
+    assert proposed == [allocator.allocate()[0] for _ in proposed]
+    inputs = [ip_network(c, strict=False) for c in ("10.244.1.0/24", "10.244.0.0/25", "10.244.2.1/24",
+                                                    "10.244.3.0/24", "10.99.0.0/24")]
+    assert len(set(proposed)) == len(proposed)
+    assert not any(p.overlaps(i) for p in proposed for i in inputs)
+
+
+def test_offline_unknown_cluster_cidr_asks_for_the_flag_not_a_server(capsys):
+    assert main(["check", str(FIXTURES / "kube-flannel-cfg.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "give --cluster-cidr" in out and "start flannel-guard" not in out

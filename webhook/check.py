@@ -17,24 +17,45 @@ from typing import Any
 
 import yaml
 
-from webhook.core.claims import suggest_free
+from webhook.core.cidr import IPNetwork
+from webhook.core.cidrset import CidrSetError
+from webhook.core.dualstack import DualStackAllocator
 from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import NodeModel, node_model
 from webhook.core.rules import ClusterView, Finding, ReviewInput, RuleSettings, Severity, review
 
-__all__ = ["CheckReport", "InputError", "check_documents", "load_documents", "render"]
+__all__ = ["CheckReport", "InputError", "Location", "check_documents", "load_documents", "render"]
 
 
 class InputError(Exception):
     """A file could not be read or parsed (exit code 2)."""
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where an object starts: the file (``-`` for standard input) and its 1-based line.
+
+    Kept apart (not only as ``file:line`` text) for the reports built on top: JUnit, SARIF.
+    ``line`` 0: unknown (an object handed in without a file).
+    """
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
 @dataclass
 class ObjectReport:
-    source: str
+    location: Location
     kind: str
     name: str
     findings: list[Finding]
+
+    @property
+    def source(self) -> str:
+        return str(self.location)
 
 
 @dataclass
@@ -63,37 +84,59 @@ class CheckReport:
         return 1 if self.violations or (self.strict and self.gaps) else 0
 
 
-def _flatten(doc: object) -> Iterator[dict[str, Any]]:
+def _flatten(doc: object, node: yaml.Node) -> Iterator[tuple[dict[str, Any], yaml.Node]]:
+    """Each object of a document with the YAML node it was read from (a List's items one by one)."""
     if not isinstance(doc, dict):
         return
     items = doc.get("items")
     if isinstance(items, list) and str(doc.get("kind", "")).endswith("List"):
-        for item in items:
-            yield from _flatten(item)
+        item_nodes = _value_node(node, "items")
+        for i, item in enumerate(items):
+            sub = item_nodes.value[i] if isinstance(item_nodes, yaml.SequenceNode) else node
+            yield from _flatten(item, sub)
     else:
-        yield doc
+        yield doc, node
 
 
-def load_documents(paths: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Every Kubernetes object in ``paths`` (``-`` is standard input), with where it came from."""
-    out: list[tuple[str, dict[str, Any]]] = []
+def _value_node(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v  # the last duplicate wins, as in the constructed dict
+    return None
+
+
+def _documents(text: str) -> Iterator[tuple[object, yaml.Node]]:
+    """Every document of ``text`` with its composed node (for the line numbers)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            yield loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def load_documents(paths: Iterable[str]) -> list[tuple[Location, dict[str, Any]]]:
+    """Every Kubernetes object in ``paths`` (``-`` is standard input), with the line it starts on."""
+    out: list[tuple[Location, dict[str, Any]]] = []
     for path in paths:
         try:
             text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: cannot read: {e}") from None
         try:
-            docs = list(yaml.safe_load_all(text))
+            docs = list(_documents(text))
         except yaml.YAMLError as e:
-            raise InputError(f"{path}: not YAML or JSON: {str(e)[:300]}") from None
-        for i, doc in enumerate(docs):
-            for obj in _flatten(doc):
-                out.append((f"{path}#{i + 1}", obj))
+            raise InputError(f"{path}: not YAML or JSON: {' '.join(str(e).split())[:300]}") from None
+        for doc, node in docs:
+            for obj, at in _flatten(doc, node):
+                out.append((Location(path, at.start_mark.line + 1), obj))
     return out
 
 
 def check_documents(
-    objects: list[tuple[str, dict[str, Any]]],
+    objects: list[tuple[Location | str, dict[str, Any]]],
     *,
     cluster_cidr: tuple[Any, ...] | None,
     cidr_source: str,
@@ -107,7 +150,10 @@ def check_documents(
     Nodes read from the API (a uid or a creationTimestamp: ``kubectl get nodes -o json``)
     are stored: their podCIDRs cannot change, so a fix for one of them re-registers the
     node, and one without a podCIDR is a finding (flannel on it fails with ``pod cidr not
-    assigned``). Each fix names its own free subnet: no two nodes are told the same one.
+    assigned``). A Node manifest (no uid: a GitOps repository's) is fixed by the value to write.
+    Each fix names its own free subnet, handed out across the whole run as the allocator
+    would (:class:`DualStackAllocator`, next-fit, with every podCIDR in the input occupied):
+    no two fixes name the same one, and none names a CIDR any node of the input has.
     """
     index = NodeCidrIndex()
     for _, obj in objects:
@@ -119,7 +165,7 @@ def check_documents(
     # In a file, a ConfigMap without a namespace is judged by its name alone.
     names = {name for _, name in settings.flannel_configmaps}
     report = CheckReport(cluster_cidr=view.describe_cidr(), strict=strict)
-    handed = NodeCidrIndex()  # subnets already named in a fix
+    free = _FreeCidrs(view, index)
     for source, obj in objects:
         kind = obj.get("kind")
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
@@ -135,34 +181,61 @@ def check_documents(
         req = ReviewInput(kind=str(kind), operation="CREATE", namespace=namespace, name=name,
                           object=obj, old_object=None)
         findings = review(req, view, settings)
+        location = source if isinstance(source, Location) else Location(str(source))
         model = node_model(obj) if kind == "Node" else None
         if model is not None and model.stored:
-            findings = _stored_node_findings(model, findings, view, index, handed)
-        report.objects.append(ObjectReport(source, str(kind),
+            findings = _stored_node_findings(model, findings, free)
+        elif model is not None:
+            findings = _manifest_node_findings(model, findings, free, location)
+        findings = [_offline(f) for f in findings]
+        report.objects.append(ObjectReport(location, str(kind),
                                            f"{namespace}/{name}" if namespace else name, findings))
     return report
 
 
-def _free_for(view: ClusterView, index: NodeCidrIndex, handed: NodeCidrIndex, node: str) -> list[Any]:
-    """A free subnet per cluster-cidr family, none used, none named for another node already."""
-    free = suggest_free(view.cluster_cidr, view.mask_for, index, handed)
-    if free:
-        handed.set(node, free)
-    return free
+def _offline(finding: Finding) -> Finding:
+    """An offline run has no server to start: the unknown cluster-cidr is given on the command line."""
+    if finding.code != "ClusterCIDRUnknown":
+        return finding
+    return Finding(finding.severity, finding.code, finding.summary,
+                   "check reads no cluster: the cluster-cidr comes from --cluster-cidr alone.",
+                   "give --cluster-cidr CIDR[,CIDR]: kube-controller-manager's --cluster-cidr"
+                   " (kubeadm: networking.podSubnet).")
+
+
+class _FreeCidrs:
+    """Free node CIDRs for the fixes of one run, in the allocator's order, never the same twice."""
+
+    def __init__(self, view: ClusterView, index: NodeCidrIndex) -> None:
+        self._allocator: DualStackAllocator | None = None
+        if view.cluster_cidr:
+            try:
+                self._allocator = DualStackAllocator.from_index(
+                    view.cluster_cidr, index, mask_v4=view.mask_v4, mask_v6=view.mask_v6)
+            except (CidrSetError, ValueError):
+                self._allocator = None  # a mask that does not fit: the rules say so
+
+    def take(self) -> list[IPNetwork]:
+        """One CIDR per cluster-cidr family; empty when there is no cluster-cidr or a range is full."""
+        if self._allocator is None:
+            return []
+        try:
+            return list(self._allocator.allocate())
+        except CidrSetError:
+            return []
 
 
 _MOVE = {"OverlapsNode", "OutsideClusterCIDR", "WrongSize", "InvalidPodCIDR", "FamilyNotInCluster",
          "TooManyPodCIDRs", "DuplicateFamily"}
 
 
-def _stored_node_findings(model: NodeModel, findings: list[Finding], view: ClusterView,
-                          index: NodeCidrIndex, handed: NodeCidrIndex) -> list[Finding]:
+def _stored_node_findings(model: NodeModel, findings: list[Finding], free: _FreeCidrs) -> list[Finding]:
     """Fixes that work on a stored Node: its podCIDR is immutable once set."""
     name = model.name
     if not model.has_pod_cidr:
-        free = _free_for(view, index, handed, name) if view.cluster_cidr else []
-        fix = (f"`kubectl patch node {name} -p '{_patch(free)}'`, or let flannel-guard or"
-               " kube-controller-manager allocate it" if free else
+        cidrs = free.take()
+        fix = (f"`kubectl patch node {name} -p '{_patch(cidrs)}'`, or let flannel-guard or"
+               " kube-controller-manager allocate it" if cidrs else
                "let flannel-guard or kube-controller-manager allocate one (--allocate-node-cidrs)")
         return [*findings, Finding(
             Severity.ERROR, "NoPodCIDR", f"node {name} has no podCIDR.",
@@ -170,10 +243,27 @@ def _stored_node_findings(model: NodeModel, findings: list[Finding], view: Clust
             fix)]
     if not any(f.code in _MOVE for f in findings):
         return findings
-    free = _free_for(view, index, handed, name) if view.cluster_cidr else []
+    cidrs = free.take()
     move = (f"a set podCIDR cannot change: `kubectl drain {name} --ignore-daemonsets`,"
             f" `kubectl delete node {name}`, restart its kubelet to register again; it then gets"
-            f" a free podCIDR{' (' + ','.join(map(str, free)) + ' is free)' if free else ''}.")
+            f" a free podCIDR{' (' + ','.join(map(str, cidrs)) + ' is free)' if cidrs else ''}.")
+    return [Finding(f.severity, f.code, f.summary, f.detail, move) if f.code in _MOVE else f
+            for f in findings]
+
+
+def _manifest_node_findings(model: NodeModel, findings: list[Finding], free: _FreeCidrs,
+                            where: Location) -> list[Finding]:
+    """A Node manifest not yet applied: the fix is the value to write in the file."""
+    if not any(f.code in _MOVE for f in findings):
+        return findings
+    cidrs = free.take()
+    if cidrs:
+        values = [str(c) for c in cidrs]
+        move = (f"in {where} (Node {model.name}) write spec.podCIDR: {values[0]} and spec.podCIDRs:"
+                f" [{', '.join(values)}], or leave both out and let the node be allocated one.")
+    else:
+        move = (f"in {where} (Node {model.name}) leave spec.podCIDR and spec.podCIDRs out and let"
+                " the node be allocated one (no free node CIDR is left to name).")
     return [Finding(f.severity, f.code, f.summary, f.detail, move) if f.code in _MOVE else f
             for f in findings]
 
@@ -192,6 +282,7 @@ def render(report: CheckReport, output: str) -> str:
             "objects": [
                 {
                     "source": o.source, "kind": o.kind, "name": o.name,
+                    "location": {"file": o.location.file, "line": o.location.line},
                     "findings": [
                         {"severity": f.severity.value, "code": f.code, "summary": f.summary,
                          "detail": f.detail, "fix": f.fix}
