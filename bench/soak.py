@@ -90,7 +90,10 @@ WORKERS = 8
 # /64 blocks: next-fit never reaches the probes' fd00:10:0:a000::/64 and beyond in a run).
 POOL_V4 = os.environ.get("SOAK_POOL_V4", "10.240.0.0/19")
 CLUSTER_V6 = "fd00:10::/48"
-CLUSTER_CIDR = f"{POOL_V4},{CLUSTER_V6}"
+# IPv6 first: an IPv6-only Node (the probes, the fill nodes) is of the cluster-cidr's first family,
+# which kube-controller-manager accepts (range_allocator.go occupyCIDRs pairs podCIDRs[i] with the
+# i-th cluster-cidr) and so does the webhook's FamilyOrder rule; IPv4 second is still the drained pool.
+CLUSTER_CIDR = f"{CLUSTER_V6},{POOL_V4}"
 MASK = "28"
 MASK_V6 = "64"
 # Entries put through the server's bounded caches before the timed run (their bound is 4,096:
@@ -551,8 +554,8 @@ def _wrong_cidrs(cidrs: list[str]) -> str:
         return f"not CIDRs: {cidrs} ({e})"
     v4 = [n for n in nets if n.version == 4]
     v6 = [n for n in nets if n.version == 6]
-    if len(v4) != 1 or len(v6) != 1 or nets[0].version != 4:
-        return f"not one IPv4 then one IPv6: {cidrs}"
+    if len(v4) != 1 or len(v6) != 1 or nets[0].version != 6:
+        return f"not one IPv6 then one IPv4 (the cluster-cidr's order): {cidrs}"
     if not (v4[0].prefixlen == int(MASK) and v4[0].subnet_of(ipaddress.IPv4Network(POOL_V4))):
         return f"{v4[0]} is not a /{MASK} of {POOL_V4}"
     if not (v6[0].prefixlen == int(MASK_V6) and v6[0].subnet_of(ipaddress.IPv6Network(CLUSTER_V6))):
