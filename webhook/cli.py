@@ -20,7 +20,7 @@ from typing import Any
 from webhook import __version__
 from webhook.control.settings import DEFAULT_CLUSTER_CIDR, EnvironmentError_, Settings, load_environment
 from webhook.core.cidr import CidrError, parse_cidr_list
-from webhook.core.constants import NAMESPACE, SERVICE
+from webhook.core.constants import FLANNEL_CONFIGMAPS, NAMESPACE, SERVICE
 from webhook.core.rules import Mode, NetworkMatch, RuleSettings, Severity
 from webhook.doctor.cli import add_parser as add_doctor_parser
 
@@ -124,23 +124,26 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _rule_args(p: argparse.ArgumentParser) -> None:
+def _rule_args(p: argparse.ArgumentParser, *, offline: bool = False) -> None:
     p.add_argument("--cluster-cidr", default=ENV.cluster_cidr, metavar="CIDR[,CIDR]",
                    help="the cluster's pod CIDR, or an IPv4,IPv6 pair (env FLANNEL_GUARD_CLUSTER_CIDR)")
     p.add_argument("--node-cidr-mask-size", "--node-cidr-mask-size-ipv4", dest="mask_v4", type=int,
                    metavar="N",
                    default=ENV.node_cidr_mask_size,
-                   help="prefix length of each node's IPv4 podCIDR (default: kube-controller-manager's"
-                        " flag when it can be read, else 24)")
+                   help="prefix length of each node's IPv4 podCIDR (default 24, as kube-controller-manager's)"
+                   if offline else
+                   "prefix length of each node's IPv4 podCIDR (default: kube-controller-manager's"
+                   " flag when it can be read, else 24)")
     p.add_argument("--node-cidr-mask-size-ipv6", dest="mask_v6", type=int, metavar="N",
                    default=ENV.node_cidr_mask_size_ipv6,
-                   help="prefix length of each node's IPv6 podCIDR (default: as for IPv4, else 64)")
+                   help="prefix length of each node's IPv6 podCIDR (default 64)" if offline else
+                   "prefix length of each node's IPv6 podCIDR (default: as for IPv4, else 64)")
     p.add_argument("--network-match", choices=[m.value for m in NetworkMatch],
                    default=ENV.network_match,
                    help="flannel Network must equal the cluster-cidr (exact, default) or contain it")
     p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
-                   help="a guarded flannel ConfigMap (repeatable; default kube-flannel/kube-flannel-cfg"
-                        " and kube-system/kube-flannel-cfg)")
+                   help="a guarded flannel ConfigMap (repeatable; default "
+                        + ", ".join(f"{ns}/{name}" for ns, name in FLANNEL_CONFIGMAPS) + ")")
     p.add_argument("--arch", default=ENV.arch or _arch(),
                    help="architecture flannel runs on, for backends that exist only on some (udp)")
 
@@ -176,21 +179,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", choices=[m.value for m in Mode],
                        default=ENV.mode,
                        help="enforce: deny what is wrong; warn: admit with warnings")
-    serve.add_argument("--host", default=ENV.host)
-    serve.add_argument("--port", type=int, default=ENV.port)
+    serve.add_argument("--host", default=ENV.host,
+                       help=f"address to listen on for HTTPS (default {ENV.host}; 0.0.0.0 or :: for all)")
+    serve.add_argument("--port", type=int, default=ENV.port,
+                       help=f"HTTPS port of /validate, /mutate and the probes (default {ENV.port})")
     serve.add_argument("--probe-port", type=int, default=ENV.probe_port,
                        help="also serve /healthz, /readyz and /metrics over plain HTTP on this port"
                             " (no client certificate asked: for the kubelet and Prometheus; 0: off)")
-    serve.add_argument("--tls-cert", type=Path, default=ENV.tls_cert)
-    serve.add_argument("--tls-key", type=Path, default=ENV.tls_key)
+    serve.add_argument("--tls-cert", type=Path, default=ENV.tls_cert, metavar="FILE",
+                       help="serving certificate, PEM (with its chain); reloaded when it changes")
+    serve.add_argument("--tls-key", type=Path, default=ENV.tls_key, metavar="FILE",
+                       help="private key of --tls-cert, PEM, unencrypted")
     serve.add_argument("--client-ca", type=Path, default=ENV.client_ca,
                        help="only answer callers with a client certificate signed by this CA")
     src = serve.add_mutually_exclusive_group()
     src.add_argument("--standalone", action="store_true",
                      help="no Kubernetes API: demo/test mode; the node index holds admitted Nodes")
     src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
-    src.add_argument("--kubeconfig", type=Path, default=None)
-    serve.add_argument("--log-level", default=ENV.log_level)
+    src.add_argument("--kubeconfig", type=Path, default=None, metavar="FILE",
+                     help="kubeconfig file to reach the API with (outside a pod)")
+    serve.add_argument("--log-level", default=ENV.log_level, choices=["debug", "info", "warning", "error"],
+                       help="JSON log lines on standard error from this level up (default info)")
     serve.add_argument("--allocate", choices=["on", "off"], default=ENV.allocate,
                        help="mutating: give Nodes without a podCIDR a free one (default on)")
     serve.add_argument("--on-reservation-failure", choices=["admit", "deny"],
@@ -227,22 +236,27 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="check manifest files offline (exit 0 clean, 1 violations, 2 bad input)")
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files; - for stdin")
-    _rule_args(check)
-    check.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    _rule_args(check, offline=True)
+    check.add_argument("--output", "-o", choices=["text", "json"], default="text",
+                       help="text (default): a line per object and its findings; json: the same as one"
+                            " document, each object with its file and line")
     check.add_argument("--strict", action="store_true",
                        help="also fail (exit 1) when nothing was checked or the cluster-cidr is unknown:"
                             " for CI, where a clean result must mean something")
 
     certs = sub.add_parser("certs", help="write a CA and a serving certificate for the webhook")
-    certs.add_argument("--service", default=SERVICE)
-    certs.add_argument("--namespace", default=NAMESPACE)
-    certs.add_argument("--out", type=Path, default=Path("certs"))
+    certs.add_argument("--service", default=SERVICE,
+                       help=f"the webhook's Service, for the DNS names (default {SERVICE})")
+    certs.add_argument("--namespace", default=NAMESPACE,
+                       help=f"the Service's namespace (default {NAMESPACE})")
+    certs.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR",
+                       help="directory to write ca.crt, tls.crt and tls.key to (default certs)")
     certs.add_argument("--days", type=int, default=365,
                        help="validity of the serving certificate in days (default 365)")
     certs.add_argument("--dns", action="append", default=[], help="an extra DNS SAN (repeatable)")
     certs.add_argument("--ip", action="append", default=[], help="an extra IP SAN (repeatable)")
     certs.add_argument("--dev", action="store_true",
-                       help="only if missing or expiring: add localhost and 127.0.0.1 (make run)")
+                       help="only if missing or expiring: add localhost, 127.0.0.1 and ::1 (make run)")
     add_doctor_parser(sub)
     return parser
 
@@ -308,6 +322,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"flannel-guard serve: cannot serve --tls-cert {args.tls_cert} with --tls-key"
               f" {args.tls_key}: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if not standalone:
+        problem = _api_problem(args.kubeconfig, args.in_cluster)
+        if problem is not None:
+            print(f"flannel-guard serve: cannot reach the Kubernetes API: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     settings = Settings(
         host=args.host, port=args.port, probe_port=args.probe_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -331,7 +350,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _api_problem(kubeconfig: Path | None, in_cluster: bool) -> str | None:
+    """Why no API client can be made from these flags (one line), or None."""
+    from webhook.kube.cluster import api_client
+
+    try:
+        api_client(kubeconfig, in_cluster).close()
+    except Exception as e:  # kubernetes.config raises ConfigException, OSError, yaml and key errors
+        why = " ".join(str(e).split())[:200]
+        where = ("--in-cluster: not in a pod (no service account)" if in_cluster
+                 else f"--kubeconfig {kubeconfig}")
+        return f"{where}: {type(e).__name__}: {why}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe is found here, not at interpreter exit
+    except BrokenPipeError:  # `... | head`: the reader left; nothing more to say, no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_USAGE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     global ENV
     try:
         ENV = load_environment()

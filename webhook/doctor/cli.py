@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from webhook.core.cidr import CidrError, parse_cidr_list
-from webhook.core.constants import NAMESPACE
+from webhook.core.constants import FLANNEL_CONFIGMAPS, NAMESPACE
 
 #: doctor's exit code for a cluster it cannot read (as webhook.doctor.report's, not imported here).
 EXIT_UNREADABLE = 2
 
 __all__ = ["add_parser", "main", "run"]
 
-DEFAULT_FLANNEL_CONFIGMAPS = ("kube-flannel/kube-flannel-cfg", "kube-system/kube-flannel-cfg")
+DEFAULT_FLANNEL_CONFIGMAPS = tuple(f"{ns}/{name}" for ns, name in FLANNEL_CONFIGMAPS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--kubeconfig", type=Path, default=None,
                      help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
     src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
-    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text",
+                   help="text (default): the findings, root cause first, with their fixes; json: the"
+                        " same report as one document")
     p.add_argument("--html", type=Path, default=None, metavar="FILE",
                    help="also write the report as one self-contained HTML page, with the address space"
                         " drawn as a grid of node blocks")
@@ -44,8 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    metavar="CIDR[,CIDR]",
                    help="the cluster-cidr to check against, overriding every source (one CIDR or IPv4,IPv6)")
     p.add_argument("--flannel-configmap", action="append", metavar="NAMESPACE/NAME",
-                   help="a flannel ConfigMap to read (repeatable; default kube-flannel/kube-flannel-cfg and"
-                        " kube-system/kube-flannel-cfg); flannel pods are looked for in the same namespaces")
+                   help="a flannel ConfigMap to read (repeatable; default "
+                        + ", ".join(DEFAULT_FLANNEL_CONFIGMAPS)
+                        + "); flannel pods are looked for in the same namespaces")
     p.add_argument("--guard-namespace", default=NAMESPACE, metavar="NAMESPACE",
                    help=f"namespace flannel-guard is installed in (default {NAMESPACE})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds for each API call (default 5)")
