@@ -223,6 +223,18 @@ def test_readyz_and_metrics(default_server: Running):
         assert "flannel_guard_admission_duration_seconds_bucket" in metrics
         default_server.state.ready = False
         assert c.get("/readyz", extensions=ext).status_code == 503
+        # No `_created` twin of any counter or histogram.
+        assert "_created" not in metrics
+
+
+def test_wrong_method_and_unknown_path_answer_json_errors(default_server: Running):
+    with default_server.client() as c:
+        ext = {"sni_hostname": SVC_DNS}
+        wrong = c.get("/validate", extensions=ext)
+        assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+        assert wrong.headers["content-type"] == "application/json" and "POST" in wrong.headers["allow"]
+        missing = c.get("/nowhere", extensions=ext)
+        assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
 
 
 def test_warn_mode_admits_with_warnings(tmp_path: Path):

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Send
 
@@ -223,6 +224,12 @@ class AdmissionFastPath:
 
 def add_probe_routes(app: FastAPI, state: ClusterState, metrics: Metrics) -> None:
     """/healthz, /readyz and /metrics: on the webhook port, and alone on the probes port."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def json_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # As every other refusal: {"error": ...}, not FastAPI's {"detail": ...} (a GET of /validate: 405).
+        return Response(orjson.dumps({"error": str(exc.detail)}), status_code=exc.status_code,
+                        headers=exc.headers, media_type="application/json")
 
     @app.get(ROUTE_HEALTHZ)
     async def healthz() -> Response:
