@@ -101,3 +101,43 @@ def test_a_k3s_node_outside_the_range_is_refused_naming_it_and_a_second_server_i
             assert any("k3s-cp-1" in w and "10.42.0.0/16" in w for w in disagreement())
     finally:
         api.close()
+
+
+def test_rke2_canal_config_with_another_network_is_refused_naming_the_range(tmp_path):
+    api = ApiThread()
+    try:
+        api.call(api.api.put_node(fixture("rke2-server-node.yaml")))
+        cfg = kubeconfig_file(tmp_path / "kubeconfig", api.api.url)
+        with serve(tmp_path, "--kubeconfig", str(cfg), "--shutdown-delay", "0", cluster_cidr=None) as replica:
+            ca = tmp_path / "ca.crt"
+            canal = fixture("rke2-canal-config.yaml")
+            assert post(replica.url, ca, review(canal))["allowed"] is True  # the chart's, as RKE2 renders it
+            wrong = copy.deepcopy(canal)
+            text = wrong["data"]["net-conf.json"]
+            wrong["data"]["net-conf.json"] = text.replace("10.42.0.0/16", "10.244.0.0/16")
+            resp = post(replica.url, ca, review(wrong, "UPDATE", canal))
+            assert resp["allowed"] is False
+            message = resp["status"]["message"]
+            assert "flannel Network 10.244.0.0/16 does not match the cluster-cidr 10.42.0.0/16" in message
+            assert "rke2 server node rke2-cp-0" in message and "/etc/rancher/rke2/config.yaml" in message
+            # and deleting it takes the pod network down as kube-flannel-cfg's deletion does
+            assert post(replica.url, ca, review(None, "DELETE", canal))["allowed"] is False
+    finally:
+        api.close()
+
+
+def test_the_flannel_configmaps_decide_in_one_order():
+    from webhook.core.constants import FLANNEL_CONFIGMAPS
+    from webhook.kube.sources import guarded_order
+
+    assert guarded_order(reversed(FLANNEL_CONFIGMAPS)) == list(FLANNEL_CONFIGMAPS)
+    assert guarded_order([("kube-system", "mine"), *FLANNEL_CONFIGMAPS])[-1] == ("kube-system", "mine")
+
+
+def test_check_judges_the_canal_configmap_in_a_manifest(capsys):
+    from webhook.cli import main
+
+    path = str(FIXTURES / "rke2-canal-config.yaml")
+    assert main(["check", path, "--cluster-cidr", "10.42.0.0/16"]) == 0
+    assert main(["check", path, "--cluster-cidr", "10.244.0.0/16"]) == 1
+    assert "FAIL  ConfigMap kube-system/rke2-canal-config" in capsys.readouterr().out

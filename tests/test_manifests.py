@@ -32,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
 
 from webhook.core.constants import (
+    FLANNEL_CONFIGMAPS,
     NAMESPACE,
     POLICY_PARAMS_CONFIGMAP,
     PORT_IN_CLUSTER,
@@ -578,12 +579,13 @@ def test_webhook_policies_fail_safe(rendered: dict[str, list[Obj]], variant: str
                 (cond,) = hook["matchConditions"]
                 assert cond["name"] == "sets-or-changes-pod-cidrs"
         else:
-            # Only kube-flannel-cfg, never the webhook's own namespace.
+            # Only the flannel ConfigMaps, never the webhook's own namespace.
             (expr,) = hook["namespaceSelector"]["matchExpressions"]
             assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "In"
             assert NAMESPACE not in expr["values"]
             assert set(expr["values"]) == {"kube-flannel", "kube-system"}
-            assert "'kube-flannel-cfg'" in hook["matchConditions"][0]["expression"]
+            expression = hook["matchConditions"][0]["expression"]
+            assert all(f"'{name}'" in expression for _, name in FLANNEL_CONFIGMAPS), expression
     expected = set(EXPECTED_HOOKS) - {"configmaps.mutate.flannel-guard.io"}
     if "fix-network" in variant:
         expected = set(EXPECTED_HOOKS)
@@ -597,7 +599,8 @@ Grant = tuple[str, str, str, str, tuple[str, ...]]
 CM_NAMES = ("kube-proxy", "kubeadm-config")
 EXPECTED_GRANTS: set[Grant] = {
     *{("*", "", "nodes", v, ()) for v in ("list", "watch", "patch")},
-    *{("*", "", "configmaps", v, ("kube-flannel-cfg",)) for v in ("get", "list", "watch")},
+    *{("*", "", "configmaps", v, tuple(sorted({n for _, n in FLANNEL_CONFIGMAPS})))
+      for v in ("get", "list", "watch")},
     *{("kube-system", "", "configmaps", v, CM_NAMES) for v in ("get", "list", "watch")},
     *{("kube-system", "", "pods", v, ()) for v in ("list", "watch")},
     *{("default", "", "events", v, ()) for v in ("create", "patch")},

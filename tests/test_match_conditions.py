@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from admission_match import VALIDATE_NODES, VALIDATE_PODCIDRS, called, expressions
 
+from webhook.core.constants import FLANNEL_CONFIGMAPS
+
 Obj = dict[str, Any]
 
 EXPRESSIONS = expressions()
@@ -99,3 +101,20 @@ def test_configmap_webhooks_see_only_kube_flannel_cfg_and_its_deletion() -> None
     fix = "configmaps.mutate.flannel-guard.io"
     assert called(fix, "UPDATE", cm("kube-flannel-cfg"), cm("kube-flannel-cfg"))
     assert not called(fix, "CREATE", cm("other"), None)
+
+
+@pytest.mark.parametrize("name", sorted({n for _, n in FLANNEL_CONFIGMAPS}))
+def test_configmap_webhooks_see_every_guarded_flannel_configmap(name: str) -> None:
+    """kube-flannel-cfg, RKE2 Canal's rke2-canal-config and Canal's canal-config: each is sent to
+    both ConfigMap webhooks on every operation they judge (webhook/core/constants.py FLANNEL_CONFIGMAPS)."""
+    def cm(n: str, ns: str = "kube-system") -> Obj:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": n, "namespace": ns}}
+
+    hook = "configmaps.flannel-guard.io"
+    assert called(hook, "CREATE", cm(name), None)
+    assert called(hook, "UPDATE", cm(name), cm(name))
+    assert called(hook, "DELETE", None, cm(name))
+    assert called("configmaps.mutate.flannel-guard.io", "UPDATE", cm(name), cm(name))
+    # a name that merely contains one is not sent
+    assert not called(hook, "CREATE", cm(f"{name}-backup"), None)
+    assert not called(hook, "DELETE", None, cm(f"old-{name}"))

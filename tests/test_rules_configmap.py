@@ -140,7 +140,10 @@ def test_delete_is_refused_unless_annotated():
 
 @pytest.mark.parametrize(("namespace", "name", "guarded"), [
     ("kube-flannel", "kube-flannel-cfg", True),
-    ("kube-system", "kube-flannel-cfg", True),   # v0.11 / v0.13 manifests
+    ("kube-system", "kube-flannel-cfg", True),   # v0.11 / v0.13 manifests, kubespray, RKE2 --cni=flannel
+    ("kube-system", "rke2-canal-config", True),  # RKE2's default CNI
+    ("kube-system", "canal-config", True),       # upstream Canal
+    ("kube-flannel", "rke2-canal-config", False),
     ("default", "kube-flannel-cfg", False),
     ("kube-flannel", "other", False),
 ])
@@ -206,3 +209,18 @@ def test_messages_say_what_flannel_really_does_and_fixes_name_the_value():
         RuleSettings())
     [bad] = [f for f in quoted if f.code == "InvalidBackend"]
     assert bad.fix == 'write "DirectRouting": true (a JSON boolean, without quotes).'
+
+
+@pytest.mark.parametrize(("name", "fix"), [
+    ("kube-flannel-cfg", 'in kube-flannel.yml (ConfigMap kube-flannel-cfg, net-conf.json) write "Network":'
+                         ' "10.244.0.0/16".'),
+    ("rke2-canal-config", "set cluster-cidr: in /etc/rancher/rke2/config.yaml"),
+    ("canal-config", 'in canal.yaml (ConfigMap canal-config, net-conf.json) write "Network":'
+                     ' "10.244.0.0/16".'),
+])
+def test_a_canal_configmap_is_judged_as_kube_flannel_cfg_with_its_own_fix(name, fix):
+    cm = flannel_configmap(net_conf(Network="10.42.0.0/16"), namespace="kube-system", name=name)
+    findings = review_configmap("CREATE", cm, None, make_view(), SETTINGS)
+    (mismatch,) = [f for f in findings if f.code == "NetworkMismatch"]
+    assert "flannel Network 10.42.0.0/16 does not match the cluster-cidr 10.244.0.0/16" in mismatch.summary
+    assert fix in mismatch.fix and '"Network": "10.244.0.0/16"' in mismatch.fix

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "FLANNEL_CONFIGMAPS",
     "LEASE_POLICY",
     "NAMESPACE",
     "NODE_POLICY",
@@ -51,3 +52,16 @@ LEASE_POLICY: Final = "flannel-guard-leases"
 #: The node policy's parameter ConfigMap (in NAMESPACE), written by the elected replica:
 #: keys in webhook.core.policyparams.
 POLICY_PARAMS_CONFIGMAP: Final = "flannel-guard-policy-params"
+
+#: The flannel ConfigMaps (namespace, name) flannel-guard guards, judged alike (key net-conf.json),
+#: in the order that decides between them: when no other source holds a cluster-cidr, the first
+#: that exists with a Network defines it (a second one with another Network is refused). A cluster
+#: normally has one; the order only matters during a migration, where the newer layout wins.
+#: Used by the server (--flannel-configmap default, the deciding order), doctor and check;
+#: the webhook configurations and RBAC of manifests/ and charts/ name the same (tests/test_manifests.py).
+FLANNEL_CONFIGMAPS: Final = (
+    ("kube-flannel", "kube-flannel-cfg"),  # kube-flannel.yml since flannel v0.20
+    ("kube-system", "kube-flannel-cfg"),  # older kube-flannel.yml; kubespray; RKE2 --cni=flannel
+    ("kube-system", "rke2-canal-config"),  # RKE2's default CNI, Canal (rancher/rke2-charts rke2-canal)
+    ("kube-system", "canal-config"),  # upstream Canal's canal.yaml
+)

@@ -20,6 +20,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from webhook.core.constants import (
+    FLANNEL_CONFIGMAPS,
     LEASE_POLICY,
     NAMESPACE,
     NODE_POLICY,
@@ -59,7 +60,7 @@ from webhook.kube.leases import ANNOTATION_CIDR, LABEL_MANAGED, lease_times
 
 __all__ = ["DEFAULT_FLANNEL_CONFIGMAPS", "ClusterUnreadable", "gather"]
 
-DEFAULT_FLANNEL_CONFIGMAPS = (("kube-flannel", "kube-flannel-cfg"), ("kube-system", "kube-flannel-cfg"))
+DEFAULT_FLANNEL_CONFIGMAPS = FLANNEL_CONFIGMAPS  # one precedence, in webhook.core.constants
 _LOG_TAIL = 20
 _LOG_HEAD_BYTES = 65536  # flannel logs its interface choice at start-up: the head of the log
 _PAGE = 500

@@ -21,6 +21,7 @@ from typing import Any
 
 import kubernetes.client
 
+from webhook.core.constants import FLANNEL_CONFIGMAPS
 from webhook.core.discovery import CidrSource, Resolution
 from webhook.core.nodeargs import DISTRIBUTIONS, SERVER_LABELS
 from webhook.core.resolve import resolution_from
@@ -37,9 +38,12 @@ KCM_SELECTOR = "component=kube-controller-manager"
 def guarded_order(refs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The guarded flannel ConfigMaps in the order that decides between them.
 
-    ``kube-flannel`` first: flannel's manifests moved there from ``kube-system``.
+    :data:`~webhook.core.constants.FLANNEL_CONFIGMAPS`'s order (``kube-flannel`` first:
+    flannel's manifests moved there from ``kube-system``), then any other named by
+    ``--flannel-configmap``, ``kube-flannel`` first.
     """
-    return sorted(refs, key=lambda r: (r[0] != "kube-flannel", r))
+    rank = {ref: i for i, ref in enumerate(FLANNEL_CONFIGMAPS)}
+    return sorted(refs, key=lambda r: (rank.get(r, len(rank)), r[0] != "kube-flannel", r))
 
 
 _NODE_ARGS = tuple(annotation for _, annotation in DISTRIBUTIONS)

@@ -232,7 +232,7 @@ def _review_networks(conf: NetConf, view: ClusterView, settings: RuleSettings,
             continue
         if written is None:
             continue  # MissingNetwork was already reported by the parser.
-        out.extend(_compare(key, written.network, want, view, settings, source))
+        out.extend(_compare(key, written.network, want, view, settings, source, ident))
     return out
 
 
@@ -240,8 +240,25 @@ def family_name_v(version: int) -> str:
     return "IPv4" if version == 4 else "IPv6"
 
 
+#: Where each guarded ConfigMap's net-conf.json is written (webhook.core.constants.FLANNEL_CONFIGMAPS).
+_HOMES = {
+    "kube-flannel-cfg": "in kube-flannel.yml (ConfigMap kube-flannel-cfg, net-conf.json)",
+    "rke2-canal-config": ("in RKE2, whose rke2-canal chart writes ConfigMap rke2-canal-config from the"
+                          " cluster-cidr: set cluster-cidr: in /etc/rancher/rke2/config.yaml on every server"
+                          " (or the HelmChartConfig rke2-canal valuesContent), so net-conf.json has"),
+    "canal-config": "in canal.yaml (ConfigMap canal-config, net-conf.json)",
+}
+
+
+def _fix_network(ident: str, key: str, want: IPNetwork) -> str:
+    """The fix for a Network that differs, where this ConfigMap is written."""
+    home = _HOMES.get(ident.rpartition("/")[2], _HOMES["kube-flannel-cfg"])
+    verb = "" if home.endswith("has") else " write"
+    return f'{home}{verb} "{key}": "{want}".'
+
+
 def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
-             settings: RuleSettings, source: str) -> list[Finding]:
+             settings: RuleSettings, source: str, ident: str = "") -> list[Finding]:
     if have == want:
         return []
     if settings.network_match is NetworkMatch.CONTAINS and have.supernet_of(want):  # type: ignore[arg-type]
@@ -267,7 +284,7 @@ def _compare(key: str, have: IPNetwork, want: IPNetwork, view: ClusterView,
         f"flannel {key} {have} does not match the cluster-cidr {want} {source};"
         f" it {relation} it.",
         detail,
-        f'in kube-flannel.yml (ConfigMap kube-flannel-cfg, net-conf.json) write "{key}": "{want}".',
+        _fix_network(ident, key, want),
     )]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from webhook.core.cidr import IPNetwork
+from webhook.core.constants import FLANNEL_CONFIGMAPS
 
 __all__ = [
     "ClusterView",
@@ -136,9 +137,7 @@ class NetworkMatch(enum.Enum):
 class RuleSettings:
     """Knobs of the rules, compiled once at start-up."""
 
-    flannel_configmaps: frozenset[tuple[str, str]] = frozenset(
-        {("kube-flannel", "kube-flannel-cfg"), ("kube-system", "kube-flannel-cfg")}
-    )
+    flannel_configmaps: frozenset[tuple[str, str]] = frozenset(FLANNEL_CONFIGMAPS)
     network_match: NetworkMatch = NetworkMatch.EXACT
     # What to do when no source told us the cluster-cidr: refuse or warn.
     unknown_cidr: Severity = Severity.ERROR
