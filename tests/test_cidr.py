@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 import pytest
@@ -197,3 +198,39 @@ def test_only_parses_are_kept_and_the_kept_are_bounded():
     assert _parse.cache_info().currsize == _parse.cache_info().maxsize == 4096
     with pytest.raises(CidrError, match="expected a CIDR string"):
         parse_cidr(["10.0.0.0/8"])  # not hashable, not a string: refused before the cache
+
+
+
+# Go's net.ParseCIDR reads the prefix length with dtoi (src/net/parse.go, src/net/ip.go ParseCIDR):
+# decimal digits, leading zeros allowed; the address with netip.ParseAddr (no leading-zero octet).
+# Checked by hand with go1.19 (`go run` of net.ParseCIDR): the same verdicts. flannel reads
+# net-conf.json's Network so (pkg/ip ParseIP4Net); Kubernetes' CEL cidr() (netip.ParsePrefix) does
+# not, so only net-conf.json is read as Go reads it.
+@pytest.mark.parametrize(("text", "network"), [
+    ("10.244.0.0/0016", "10.244.0.0/16"),
+    ("10.244.0.0/0000000000016", "10.244.0.0/16"),
+])
+def test_a_flannel_network_with_a_zero_padded_prefix_is_read_as_go_reads_it(text, network):
+    from webhook.core.rules.flannel import parse_net_conf
+
+    result = parse_net_conf(json.dumps({"Network": text, "Backend": {"Type": "vxlan"}}))
+    assert result.conf is not None and not [f for f in result.findings if f.severity.name == "ERROR"]
+    assert result.conf.network.network == ipaddress.ip_network(network)
+
+
+def test_a_zero_padded_ipv6_network_is_read_too():
+    from webhook.core.rules.flannel import parse_net_conf
+
+    result = parse_net_conf('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/056",'
+                            ' "Backend": {"Type": "vxlan"}}')
+    assert result.conf is not None and result.conf.ipv6_network.network == ipaddress.ip_network("fd00::/56")
+
+
+@pytest.mark.parametrize("text", ["10.244.0.0/+16", "10.244.0.0/033", "010.244.0.0/16", "10.244.0.0/",
+                                  "10.244.0.0/16 "])
+def test_what_go_refuses_flannel_refuses(text):
+    from webhook.core.rules.flannel import parse_net_conf
+
+    result = parse_net_conf(json.dumps({"Network": text, "Backend": {"Type": "vxlan"}}))
+    assert result.conf is None and any("invalid CIDR address" in f.summary for f in result.findings)
+

@@ -224,11 +224,26 @@ def raw_text(value: object) -> str:
 
 # --- flannel's own UnmarshalJSON (pkg/ip): the raw literal, parsed as Go's net package does. ---
 
+def _go_prefix(raw: str) -> str:
+    """``raw`` with its prefix length's leading zeros dropped, as Go's ``net.ParseCIDR`` reads it.
+
+    ``ParseCIDR`` (src/net/ip.go) reads the length with ``dtoi`` (src/net/parse.go): decimal
+    digits, any leading zeros, so ``10.244.0.0/0016`` is ``/16`` to flannel (checked with
+    go1.19's ``net.ParseCIDR``). :func:`~webhook.core.cidr.parse_cidr`, shared with the Node
+    rule, reads at most three digits; Kubernetes' CEL ``cidr()`` (``netip.ParsePrefix``)
+    none with a leading zero: only net-conf.json, which flannel alone reads, is read this way.
+    """
+    addr, sep, prefix = raw.rpartition("/")
+    if sep and 1 < len(prefix) <= 16 and prefix.isascii() and prefix.isdigit() and prefix[0] == "0":
+        return f"{addr}/{prefix.lstrip('0') or '0'}"
+    return raw
+
+
 def flannel_cidr(value: object, version: int) -> ParsedCidr:
-    """``ip.IP4Net`` / ``ip.IP6Net`` UnmarshalJSON."""
+    """``ip.IP4Net`` / ``ip.IP6Net`` UnmarshalJSON (``net.ParseCIDR``: a zero-padded prefix is read)."""
     raw = raw_text(value)
     try:
-        parsed = parse_cidr(raw)
+        parsed = parse_cidr(_go_prefix(raw))
     except CidrError as e:
         raise GoError(f"invalid CIDR address: {e}") from None
     if parsed.network.version != version:
