@@ -179,8 +179,14 @@ def test_several_nodes_without_a_podcidr_each_get_a_different_free_subnet() -> N
 @pytest.mark.parametrize(("given", "code", "action", "params"), [
     pytest.param(facts(resolution(allocate=False)), "NodeCIDRAllocationOff", "set-controller-manager-flags",
                  {"flags": {"allocate-node-cidrs": "true"}}, id="kcm-flags-lost-on-upgrade"),
-    pytest.param(facts(resolution(kcm="10.245.0.0/16", pod_subnet=V4)), "ClusterCIDRDisagreement",
+    pytest.param(facts(resolution(kcm="10.245.0.0/16", pod_subnet=V4), flannel=net_conf("10.245.0.0/16"),
+                       nodes={"cp1": ["10.245.0.0/24"]}), "ClusterCIDRDisagreement",
                  "set-kubeadm-pod-subnet", {"podSubnet": "10.245.0.0/16"}, id="kubeadm-disagrees"),
+    # The nodes live in kubeadm's (and flannel's) range, not in kube-controller-manager's: the flag
+    # moves, not the nodes.
+    pytest.param(facts(resolution(kcm="10.245.0.0/16", pod_subnet=V4)), "ClusterCIDRDisagreement",
+                 "set-controller-manager-flags", {"flags": {"cluster-cidr": V4}},
+                 id="kcm-disagrees-with-where-the-nodes-are"),
     pytest.param(facts(resolution(proxy="10.32.0.0/16")), "ClusterCIDRDisagreement",
                  "set-kube-proxy-cluster-cidr", {"clusterCIDR": V4}, id="kube-proxy-disagrees"),
     pytest.param(facts(resolution(pod_subnet=None)), "KubeadmNoPodSubnet", "set-kubeadm-pod-subnet",

@@ -109,7 +109,8 @@ def test_the_root_cause_is_chosen_by_rank_not_by_order() -> None:
     root = DoctorFinding(Severity.ERROR, "NoClusterCIDR", "cluster-cidr", "s")
     for order in ([pod, node, warn, root], [root, warn, node, pod], [warn, pod, root, node]):
         ranked = rank_findings(order)
-        assert [f.code for f in ranked] == ["NoClusterCIDR", "NFTablesMismatch", "NodeWithoutPodCIDR",
+        # What the failing flannel's error leads to (its node, that node's cause) first, then by rank.
+        assert [f.code for f in ranked] == ["NoClusterCIDR", "NodeWithoutPodCIDR", "NFTablesMismatch",
                                             "FlannelPodNotReady"]
         assert [f.root_cause for f in ranked] == [True, False, False, False]
     # A symptom whose cause is absent does not point at it.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.core.cidr import IPNetwork
-from webhook.core.discovery import Resolution, SourceKind
+from webhook.core.discovery import CidrSource, Resolution, SourceKind
 from webhook.core.nodeindex import NodeCidrIndex
 from webhook.core.nodemodel import networks_of
 from webhook.core.rules.findings import ClusterView, RuleSettings, Severity
@@ -76,15 +76,42 @@ def flannel_networks(cm: ConfigMapFacts) -> tuple[IPNetwork, ...] | None:
     return tuple(nets) or None
 
 
-def _target(res: Resolution, cms: Sequence[ConfigMapFacts]) -> tuple[tuple[IPNetwork, ...] | None, str]:
-    """The cluster-cidr the fixes aim at, and where it comes from."""
+def _target(res: Resolution, cms: Sequence[ConfigMapFacts],
+            nodes: NodeCidrIndex) -> tuple[tuple[IPNetwork, ...] | None, str]:
+    """The cluster-cidr the fixes aim at, and where it comes from.
+
+    The effective source's, unless some node's podCIDR lies outside it while another source's
+    value holds them all: a podCIDR cannot move, a setting can, so that value is the one every
+    fix aims at (changing the setting makes the nodes valid again; re-registering them would
+    not be needed). The ``--cluster-cidr`` flag is the operator's word and is never overruled.
+    """
     if res.effective is not None:
+        home = _nodes_home(res, nodes)
+        if home is not None:
+            return home.networks, (f"{home.origin}: it holds every node's podCIDR, {res.effective.origin}"
+                                   f" ({res.effective.describe()}) does not")
         return res.effective.networks, res.effective.origin
     for cm in cms:
         nets = flannel_networks(cm)
         if nets:
             return nets, f"flannel ConfigMap {cm.ref} net-conf.json Network"
     return None, "nowhere"
+
+
+def _nodes_home(res: Resolution, nodes: NodeCidrIndex) -> CidrSource | None:
+    """Another source whose value holds every node's podCIDR, when the effective one does not."""
+    effective = res.effective
+    if effective is None or effective.kind is SourceKind.FLAG or not len(nodes):
+        return None
+    if not nodes.outside(effective.networks, limit=0)[0]:
+        return None
+    families = {n.version for n in effective.networks}
+    for s in res.sources:
+        if (s.networks and not s.error and s.networks != effective.networks
+                and {n.version for n in s.networks} == families
+                and not nodes.outside(s.networks, limit=0)[0]):
+            return s
+    return None
 
 
 def kcm_flags_fix(flags: dict[str, str], remove: Sequence[str] = ()) -> Fix:
@@ -137,7 +164,6 @@ class Context:
         self.facts = facts
         self.res = facts.resolution
         self.settings = settings
-        self.target, self.origin = _target(self.res, facts.configmaps)
         self.kcm_found = any(s.kind is SourceKind.CONTROLLER_MANAGER for s in self.res.sources)
         self.index = NodeCidrIndex()
         self.parsed: dict[str, tuple[IPNetwork, ...]] = {}
@@ -145,6 +171,7 @@ class Context:
             nets = node_networks(n.pod_cidrs)
             self.parsed[n.name] = nets
             self.index.set(n.name, nets)
+        self.target, self.origin = _target(self.res, facts.configmaps, self.index)
         self.view = ClusterView(cluster_cidr=self.target, cidr_source=self.origin, nodes=self.index,
                                 mask_v4=self.res.mask_v4, mask_v6=self.res.mask_v6,
                                 disputed=not self.res.agree)

@@ -1,10 +1,17 @@
-"""Which finding is the root cause: an explicit rank per code, never the order the sections ran in.
+"""Which finding is the root cause: two rules, never the order the sections ran in.
 
-Lower rank = further upstream. A cluster-wide setting (the cluster-cidr, the
-controller manager's allocation) comes before the flannel ConfigMap, which comes
-before the nodes, which come before the pods and the host symptoms that follow
-from them. The root cause is the error of lowest rank; warnings are root causes
-only when there is no error. Findings are listed in rank order (within a rank,
+1. What the crash-looping flannel's own error names comes first. flannel's log line is the
+   one piece of evidence that says which setting it trips on (``subnet "10.244.0.0/16"
+   specified in the flannel net config doesn't contain "172.18.1.0/24"`` names flannel's
+   Network, not kube-proxy's clusterCIDR, though both say 10.244.0.0/16): the finding that
+   :data:`CRASH_CODES` follow from, and what that one follows from in turn (``caused_by``),
+   come before every finding the error does not name.
+2. Otherwise an explicit rank per code: lower = further upstream.
+
+A cluster-wide setting (the cluster-cidr, the controller manager's allocation) comes
+before the flannel ConfigMap, which comes before the nodes, which come before the pods
+and the host symptoms that follow from them. The root cause is the first error in that
+order; warnings are root causes only when there is no error. Findings are listed in rank order (within a rank,
 errors before warnings, then the sections' order), so the fixes come out in the
 order to apply them.
 """
@@ -17,7 +24,7 @@ from collections.abc import Sequence
 from webhook.core.rules.findings import Severity
 from webhook.doctor.report import DoctorFinding
 
-__all__ = ["RANK", "rank", "rank_findings"]
+__all__ = ["CRASH_CODES", "RANK", "named_by_flannel", "rank", "rank_findings"]
 
 RANK: dict[str, int] = {
     # The cluster-cidr and its allocation: everything else follows from them.
@@ -74,14 +81,33 @@ RANK: dict[str, int] = {
 _DEFAULT = 32
 
 
+#: Findings that stand for flannel pods failing, attributed (``caused_by``) from their own log lines.
+CRASH_CODES = frozenset({"FlannelPodNotReady"})
+
+
 def rank(f: DoctorFinding) -> int:
     return RANK.get(f.code, _DEFAULT)
 
 
+def named_by_flannel(findings: Sequence[DoctorFinding]) -> frozenset[str]:
+    """The codes the failing flannel pods' errors point at, and the causes of those, transitively."""
+    causes = {f.code: f.caused_by for f in findings if f.caused_by}
+    present = {f.code for f in findings}
+    named: set[str] = set()
+    for f in findings:
+        code = f.caused_by if f.code in CRASH_CODES else ""
+        while code and code in present and code not in named:
+            named.add(code)
+            code = causes.get(code, "")
+    return frozenset(named)
+
+
 def rank_findings(findings: Sequence[DoctorFinding]) -> tuple[DoctorFinding, ...]:
     """``findings`` in rank order, the root cause marked; symptoms of a present cause keep ``caused_by``."""
+    named = named_by_flannel(findings)
     ordered = sorted(enumerate(findings),
-                     key=lambda p: (rank(p[1]), p[1].severity is not Severity.ERROR, p[0]))
+                     key=lambda p: (p[1].code not in named, rank(p[1]),
+                                    p[1].severity is not Severity.ERROR, p[0]))
     out = [f for _, f in ordered]
     present = {f.code for f in out}
     out = [f if not f.caused_by or f.caused_by in present else dataclasses.replace(f, caused_by="")

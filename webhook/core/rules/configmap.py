@@ -309,14 +309,19 @@ def _review_stranding(conf: NetConf, new: dict[str, Any] | None, old: dict[str, 
         return []
     named = ", ".join(f"{n} ({c})" for n, c in sample)
     more = f" and {count - len(sample)} more" if count > len(sample) else ""
+    # Nodes inside the cluster-cidr are valid again once Network is the cluster-cidr: none moves.
+    fix = (f"write the cluster-cidr {view.describe_cidr()} as the Network: it contains every node's"
+           " podCIDR, so no node has to move."
+           if view.cluster_cidr and not view.nodes.outside(view.cluster_cidr, limit=0)[0] else
+           "keep the Network that contains them, or drain, delete and re-register those nodes"
+           " after changing the cluster-cidr.")
     return [Finding(
         Severity.ERROR, "StrandsNodes",
         f"this Network would strand {count} existing node podCIDR(s) outside"
         f" {', '.join(map(str, networks))}: {named}{more}.",
         "flannel on those nodes would fail with 'doesn't contain ... PodCIDR of the node'."
         " A node's podCIDR cannot change once set.",
-        "keep the Network that contains them, or drain, delete and re-register those nodes"
-        " after changing the cluster-cidr.",
+        fix,
     )]
 
 

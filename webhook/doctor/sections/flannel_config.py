@@ -53,6 +53,11 @@ def corrected_net_conf(text: str, target: Sequence[IPNetwork]) -> str | None:
     return json.dumps(doc, indent=2)
 
 
+def _nodes_inside(ctx: Context) -> bool:
+    """Whether every node's podCIDR lies in the cluster-cidr (so a Network set to it strands none)."""
+    return bool(ctx.target) and not ctx.view.nodes.outside(ctx.target, limit=0)[0]
+
+
 def configmaps(ctx: Context) -> tuple[list[ConfigMapRow], Section]:
     out = Section()
     rows: list[ConfigMapRow] = []
@@ -70,6 +75,9 @@ def configmaps(ctx: Context) -> tuple[list[ConfigMapRow], Section]:
                "data": {} if cm.net_conf is None else {NET_CONF_KEY: cm.net_conf}}
         found = [f for f in review_configmap("CREATE", obj, None, ctx.view, ctx.settings)
                  if f.code != "ClusterCIDRUnknown"]
+        if any(f.code in NETWORK_CODES for f in found) and _nodes_inside(ctx):
+            # The new Network fixes the nodes too: "strands" would only repeat the mismatch.
+            found = [f for f in found if f.code != "StrandsNodes"]
         parsed = parse_net_conf(cm.net_conf).conf if cm.net_conf is not None else None
         fixed = False
         for f in found:
