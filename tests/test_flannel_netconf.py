@@ -17,8 +17,8 @@ def test_public_names_are_pinned() -> None:
         "NET_CONF_MAX_BYTES", "NetConf", "NetConfResult", "check_network_config", "parse_net_conf",
     ])
     assert sorted(backends.__all__) == sorted([
-        "BACKENDS", "DUAL_STACK_BACKENDS", "IPSEC_MIN_PSK", "VNI_MAX", "WIREGUARD_MODES",
-        "decode_backend", "udp_unsupported",
+        "BACKENDS", "DUAL_STACK_BACKENDS", "IPSEC_MIN_PSK", "IPV4_ADDRESS_BACKENDS", "VNI_MAX",
+        "WIREGUARD_MODES", "decode_backend", "udp_unsupported",
     ])
     assert all(hasattr(module, name) for module in (flannel, backends, gojson) for name in module.__all__)
 

@@ -36,6 +36,7 @@ __all__ = [
     "BACKENDS",
     "DUAL_STACK_BACKENDS",
     "IPSEC_MIN_PSK",
+    "IPV4_ADDRESS_BACKENDS",
     "VNI_MAX",
     "WIREGUARD_MODES",
     "decode_backend",
@@ -48,6 +49,10 @@ BACKENDS = frozenset(
 )
 # pkg/subnet/kube/kube.go: "only vxlan, host-gw and wireguard backends support dual stack".
 DUAL_STACK_BACKENDS = frozenset({"vxlan", "host-gw", "wireguard"})
+#: Backends whose RegisterNetwork takes the node's IPv4 external address, ip.FromIP(ExtAddr)
+#: (pkg/backend/{udp/udp_amd64,ipip/ipip,ipsec/ipsec,alloc/alloc,tencentvpc/tencentvpc}.go):
+#: IPv6-only, pkg/ipmatch/match.go leaves ExtAddr nil and FromIP panics.
+IPV4_ADDRESS_BACKENDS = frozenset({"udp", "ipip", "ipsec", "alloc", "tencent-vpc"})
 # pkg/backend/ipsec/ipsec.go: minPasswordLength.
 IPSEC_MIN_PSK = 96
 # pkg/backend/wireguard/wireguard.go: the Mode constants.

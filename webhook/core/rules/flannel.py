@@ -35,7 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from webhook.core.cidr import ParsedCidr
-from webhook.core.rules.backends import DUAL_STACK_BACKENDS, decode_backend, udp_unsupported
+from webhook.core.rules.backends import decode_backend, udp_unsupported
+from webhook.core.rules.families import family_findings
 from webhook.core.rules.findings import Finding, Severity
 from webhook.core.rules.gojson import (
     GoError,
@@ -294,39 +295,8 @@ def _semantics(conf: NetConf) -> list[Finding]:
             "flannel exits with 'none defined stack' (pkg/ipmatch/match.go).",
             "leave EnableIPv4 at its default (true) or set EnableIPv6: true.",
         ))
-    for enabled, attr, key in (
-        (conf.enable_ipv4, "network", "Network"),
-        (conf.enable_ipv6, "ipv6_network", "IPv6Network"),
-    ):
-        net: ParsedCidr | None = getattr(conf, attr)
-        if enabled and net is None:
-            flag = "EnableIPv4 (true by default)" if key == "Network" else "EnableIPv6"
-            out.append(_err(
-                "MissingNetwork", f"net-conf.json has no {key} but {flag} is on.",
-                "every node then fails with 'subnet ... specified in the flannel net config doesn't"
-                " contain ... PodCIDR' (pkg/subnet/kube/kube.go).",
-                f'add "{key}": "<the cluster-cidr>".',
-            ))
-        if net is not None and net.host_bits_set:
-            out.append(_err(
-                "HostBitsSet",
-                f"net-conf.json {key} {net.text} has host bits set; flannel silently reads it"
-                f" as {net.network}.",
-                "A network written one way and used another clashes with other networks unseen.",
-                f'write "{key}": "{net.network}".',
-            ))
-        if net is not None and not enabled:
-            out.append(_warn(
-                "IgnoredNetwork",
-                f"net-conf.json sets {key} but {'EnableIPv4' if key == 'Network' else 'EnableIPv6'}"
-                " is off: flannel ignores it.",
-            ))
-    if conf.enable_ipv6 and conf.backend_type not in DUAL_STACK_BACKENDS:
-        out.append(_warn(
-            "NoIPv6Backend",
-            f"the {conf.backend_type} backend carries no IPv6: flannel silently turns IPv6 off.",
-            fix=f"use one of {', '.join(sorted(DUAL_STACK_BACKENDS))}.",
-        ))
+    out.extend(family_findings(conf.enable_ipv4, conf.enable_ipv6, conf.network, conf.ipv6_network,
+                               conf.backend_type))
     ignored = [k for k in KUBE_MODE_IGNORED if k in conf.present]
     if ignored:
         out.append(_warn(
