@@ -37,12 +37,14 @@ from webhook.core.claimpolicy import LEASE_PREFIX, lease_name, renewable
 from webhook.core.claims import Claim, ClaimBook
 from webhook.core.dualstack import DualStackAllocator
 from webhook.core.nodeindex import NodeCidrIndex
+from webhook.core.spread import jump_index, start_index
 
 if TYPE_CHECKING:
     from webhook.control.pending import PendingClaims
 
 __all__ = [
     "LEASE_PREFIX",
+    "ORDERS",
     "Allocator",
     "ClaimStore",
     "ClaimWithheld",
@@ -57,6 +59,12 @@ __all__ = [
 ]
 
 log = structlog.get_logger("flannel_guard.allocator")
+
+#: The candidate orders ``make bench-storm`` compares (bench/storm_serve.py); ``spread`` ships.
+ORDERS = ("next-fit", "jump", "spread")
+#: What :meth:`Allocator.assign` reports per claim: a new claim won, a held one renewed, a
+#: create that lost a race to another node's claim, a write the API did not take.
+OUTCOMES = ("claimed", "renewed", "lost", "unavailable")
 
 
 class StoreUnavailable(Exception):
@@ -155,7 +163,14 @@ class Allocator:
 
     The free sets follow two sources: the stored Nodes (``index``) and the claims
     known to this replica (``store.book``); a CIDR is free only when neither holds it.
+
+    Candidates come in next-fit order from a pointer that starts at an offset derived
+    from ``identity`` and jumps away from another replica's front at a lost race
+    (:mod:`webhook.core.spread`, issue 26). ``order`` (a class attribute, for the
+    benchmark) selects ``next-fit`` alone, ``jump`` alone, or both (``spread``).
     """
+
+    order = "spread"
 
     def __init__(
         self,
@@ -169,8 +184,15 @@ class Allocator:
         clock: Callable[[], float] = time.time,
         service_ranges: Sequence[IPNetwork] = (),
         pending: PendingClaims | None = None,
+        identity: str = "",
     ) -> None:
         self._alloc = DualStackAllocator.from_index(cluster_cidr, index, mask_v4=mask_v4, mask_v6=mask_v6)
+        if self.order == "spread":
+            for s in self._alloc.sets:
+                s.rewind(s.cidr_at(start_index(identity, s.capacity)))
+        # Jumps made per family: a race lost by a claim taken before the last jump is the same
+        # meeting of fronts, not a new one (a burst loses several in flight at once).
+        self._jumps: dict[int, int] = {}
         # As kube-controller-manager's range allocator (range_allocator.go filterOutServiceRange):
         # every node block that overlaps the service range is used.
         self._service = tuple(service_ranges)
@@ -251,7 +273,8 @@ class Allocator:
             out.append(candidate)
         return tuple(out)
 
-    async def assign(self, node: str, *, dry_run: bool = False) -> tuple[IPNetwork, ...]:
+    async def assign(self, node: str, *, dry_run: bool = False,
+                     report: Callable[[str], None] | None = None) -> tuple[IPNetwork, ...]:
         """One CIDR per family for ``node``, claimed before returning (unless ``dry_run``).
 
         A node that holds claims already (a retried admission, on this replica or
@@ -260,13 +283,14 @@ class Allocator:
         :class:`StoreUnavailable` when a claim cannot be written; nothing this
         call claimed is left behind then. Assignments of different nodes run
         concurrently (each takes its candidate before it awaits the API); two of
-        the same node share one.
+        the same node share one. ``report`` is called with each claim's outcome
+        (:data:`OUTCOMES`) by the call that runs the assignment.
         """
         if dry_run:
             return self.preview(node)
         running = self._inflight.get(node)
         if running is None:
-            running = asyncio.ensure_future(self._assign(node))
+            running = asyncio.ensure_future(self._assign(node, report or _ignore))
             self._inflight[node] = running
             running.add_done_callback(lambda _: self._inflight.pop(node, None))
         return await asyncio.shield(running)
@@ -286,7 +310,7 @@ class Allocator:
         if not gate.admits(node, wanted):
             raise ClaimWithheld(f"not claimed: {gate.describe()}")
 
-    async def _assign(self, node: str) -> tuple[IPNetwork, ...]:
+    async def _assign(self, node: str, report: Callable[[str], None]) -> tuple[IPNetwork, ...]:
         held = self._held(node)
         self._withhold(node, held)
         won: list[IPNetwork] = []
@@ -295,27 +319,39 @@ class Allocator:
             for s in self._alloc.sets:
                 earlier = held.get(s.cluster.version)
                 if earlier is not None and (renewed := await self._store.renew(earlier)) is not None:
+                    report("renewed")
                     won.append(renewed.cidr)
                     continue
-                cidr = await self._claim_one(s, node)
+                cidr = await self._claim_one(s, node, report)
                 created.append(cidr)
                 won.append(cidr)
+        except StoreUnavailable:
+            report("unavailable")
+            await self._undo(node, created)
+            raise
         except BaseException:
+            await self._undo(node, created)
+            raise
+        return tuple(won)
+
+    async def _undo(self, node: str, created: list[IPNetwork]) -> None:
+        """Delete what an assignment that failed halfway created (all or nothing)."""
+        if created:
             for cidr in created:
                 claim = self._book.get(cidr)
                 if claim is not None and claim.node == node:
                     with contextlib.suppress(StoreUnavailable):
                         await self._store.delete(claim)
-            raise
-        return tuple(won)
 
-    async def _claim_one(self, s: CidrSet, node: str) -> IPNetwork:
+    async def _claim_one(self, s: CidrSet, node: str, report: Callable[[str], None]) -> IPNetwork:
+        family = s.cluster.version
         while True:
             # Pick and take with no await in between: concurrent assignments never pick the same.
             candidate = next(iter(s.candidates()), None)
             if candidate is None:
                 raise s.exhausted_error()
             s.take(candidate)
+            jumps = self._jumps.get(family, 0)
             try:
                 claim = await self._store.create(candidate, node)
             except BaseException:
@@ -325,12 +361,24 @@ class Allocator:
                 s.rewind(candidate)
                 raise
             if claim.node == node:
+                report("claimed")
                 return candidate
+            report("lost")
             log.info("cidr claimed by another", cidr=str(candidate), holder=claim.node[:253])
+            if self.order != "next-fit" and self._jumps.get(family, 0) == jumps:
+                # Another replica's front is here: go where no front is (the largest free run).
+                self._jumps[family] = jumps + 1
+                target = jump_index(s.occupied_index_ranges(), s.capacity)
+                if target is not None:
+                    s.rewind(s.cidr_at(target))
 
     async def reclaim(self) -> list[Reservation]:
         """Delete claims older than the grace period (:func:`reclaim_expired`)."""
         return await reclaim_expired(self._store, self._index, self._grace, self._clock())
+
+
+def _ignore(_outcome: str) -> None:  # no one counts the outcomes (the assigning loop, tests)
+    pass
 
 
 async def reclaim_expired(store: ClaimStore, index: NodeCidrIndex, grace: float,

@@ -122,7 +122,8 @@ def create_app(settings: Settings, state: ClusterState, metrics: Metrics | None 
                 # Without the node index and the claims a free CIDR cannot be told from a used one.
                 return Verdict(allowed=True, warnings=(
                     "flannel-guard: not ready (node index not loaded); no podCIDR assigned",))
-            return await mutate_node(req, app.state.allocator, settings, app.state.events)
+            return await mutate_node(req, app.state.allocator, settings, app.state.events,
+                                     metrics.mutate_claim)
         if (req.kind == "ConfigMap" and settings.fix_network and req.operation in ("CREATE", "UPDATE")
                 and is_flannel_configmap(req.object, settings.rules, req.namespace)):
             fix = fix_network(req.object, state.view())
@@ -260,8 +261,10 @@ def _patched(verdict: Verdict) -> dict[str, Any]:
 
 
 async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings,
-                      events: EventRecorder | None = None) -> Verdict:
-    """Give a Node without podCIDRs one per cluster-cidr family, reserved first, as a JSONPatch."""
+                      events: EventRecorder | None = None,
+                      report: Callable[[str], None] | None = None) -> Verdict:
+    """Give a Node without podCIDRs one per cluster-cidr family, reserved first, as a JSONPatch;
+    ``report`` counts each claim's outcome."""
     if req.operation not in ("CREATE", "UPDATE") or pod_cidrs(req.object):
         return Verdict(allowed=True)
     name = node_name(req.object)
@@ -270,7 +273,7 @@ async def mutate_node(req: ReviewInput, allocator: Allocator, settings: Settings
         # reserve nothing for it, and never echo it.
         return Verdict(allowed=True)
     try:
-        cidrs = await allocator.assign(name, dry_run=req.dry_run)
+        cidrs = await allocator.assign(name, dry_run=req.dry_run, report=report)
     except RangeExhaustedError as e:
         # As kube-controller-manager's range allocator: the Node registers without a podCIDR
         # (it records CIDRNotAvailable); a denial would keep the node out of the cluster.

@@ -16,11 +16,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from webhook import __version__
+from webhook.control.allocator import OUTCOMES as MUTATE_CLAIM_OUTCOMES
 from webhook.control.state import ClusterState
 from webhook.core.cidr import IPNetwork
 from webhook.core.claimpolicy import REASONS
 
-__all__ = ["Metrics", "pool_blocks"]
+__all__ = ["MUTATE_CLAIM_OUTCOMES", "Metrics", "pool_blocks"]
 
 # No `_created` twin of every counter and histogram (prometheus_client's default): a creation time per
 # series that rate() never reads (it sees resets itself), doubling the series Prometheus stores.
@@ -69,6 +70,17 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.mutate_claims = Counter(
+            "flannel_guard_mutate_claims",
+            "PodCIDR claims of /mutate (a Node registering without one), by outcome: claimed (a"
+            " new claim won), renewed (the node's claim made earlier, a retried admission), lost"
+            " (the Lease create lost a race to another node's claim; another block is tried),"
+            " unavailable (the API did not take the write).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Every outcome exported from the start, so that a rate over them is defined at 0.
+        self._mutate_claims = {o: self.mutate_claims.labels(o) for o in MUTATE_CLAIM_OUTCOMES}
         self.internal_errors = Counter(
             "flannel_guard_internal_errors",
             "Reviews that raised inside flannel-guard (answered by failure stance).",
@@ -86,6 +98,12 @@ class Metrics:
         # The children of the per-request metrics, by label values (a closed set: 2 webhooks,
         # 3 kinds, 4 operations, 3 verdicts): a label lookup takes a lock and builds a tuple.
         self._answered: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    def mutate_claim(self, outcome: str) -> None:
+        """Count one claim of /mutate (``outcome``: one of :data:`MUTATE_CLAIM_OUTCOMES`)."""
+        child = self._mutate_claims.get(outcome)
+        if child is not None:
+            child.inc()
 
     def answered(self, webhook: str, kind: str, operation: str, verdict: str, seconds: float) -> None:
         """Count one answered review and observe its latency (``kind``: already a closed label)."""

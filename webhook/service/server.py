@@ -225,7 +225,8 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
             try:
                 allocator = Allocator(wanted, index=state.index, store=store, mask_v4=state.mask_v4,
                                       mask_v6=state.mask_v6, grace=settings.reservation_grace,
-                                      service_ranges=state.service_ranges, pending=pending)
+                                      service_ranges=state.service_ranges, pending=pending,
+                                      identity=_identity())
                 allocator.key = key  # type: ignore[attr-defined]
                 app.state.allocator = allocator
             except ValueError as e:  # a mask the range cannot hold: say so, allocate nothing
