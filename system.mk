@@ -10,6 +10,8 @@ DEB_PACKAGES ?=
 # make image, tests/test_image.py: the OCI builder and the Debian base it builds on.
 DEB_PACKAGES += buildah
 DEB_PACKAGES += mmdebstrap
+# tests/test_image.py: the arm64 image run by user-mode emulation (-L on its root, no binfmt).
+DEB_PACKAGES += qemu-user-static
 # tests/test_prometheus.py: promtool check/test rules, and a real server scraping ours.
 DEB_PACKAGES += prometheus
 DEB_PACKAGES += chromium

@@ -63,15 +63,23 @@ def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
     return member.read()
 
 
-@pytest.fixture(scope="module")
-def image(archive: Path) -> Obj:
-    """index.json, the manifest and the config of the archive's one image."""
+def read_image(archive: Path, architecture: str) -> Obj:
+    """index.json, its one entry (an image index), and that architecture's manifest and config."""
     with tarfile.open(archive) as tar:
         index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
         (entry,) = index["manifests"]
-        manifest = json.loads(_blob(tar, entry["digest"]))
+        assert entry["mediaType"] == "application/vnd.oci.image.index.v1+json"
+        platforms = json.loads(_blob(tar, entry["digest"]))
+        (chosen,) = [m for m in platforms["manifests"]
+                     if m["platform"] == {"architecture": architecture, "os": "linux"}]
+        manifest = json.loads(_blob(tar, chosen["digest"]))
         config = json.loads(_blob(tar, manifest["config"]["digest"]))
-    return {"index": index, "entry": entry, "manifest": manifest, "config": config}
+    return {"index": index, "entry": entry, "platforms": platforms, "manifest": manifest, "config": config}
+
+
+@pytest.fixture(scope="module")
+def image(archive: Path) -> Obj:
+    return read_image(archive, "amd64")
 
 
 def _remove(path: Path) -> None:
@@ -160,15 +168,19 @@ def test_the_archive_names_the_image_the_manifests_pull(image: Obj) -> None:
     kustomization = yaml.safe_load((ROOT / "manifests" / "base" / "kustomization.yaml").read_text())
     assert {"name": REPO, "newTag": VERSION} in kustomization["images"]
     assert image["manifest"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert [m["platform"]["architecture"] for m in image["platforms"]["manifests"]] == ["amd64", "arm64"]
 
 
-def test_config_runs_the_cli_as_numeric_non_root(image: Obj) -> None:
-    cfg = image["config"]["config"]
+@pytest.mark.parametrize("architecture", ["amd64", "arm64"])
+def test_config_runs_the_cli_as_numeric_non_root(archive: Path, architecture: str) -> None:
+    config = read_image(archive, architecture)["config"]
+    cfg = config["config"]
     assert cfg["User"] == "65532:65532"
     assert cfg["Entrypoint"] == ["flannel-guard"]
     assert cfg["Cmd"] == ["serve", "--in-cluster"]
     assert {f"{PORT_IN_CLUSTER}/tcp", f"{PROBE_PORT_IN_CLUSTER}/tcp"} <= set(cfg["ExposedPorts"])
-    assert image["config"]["os"] == "linux" and image["config"]["architecture"] == "amd64"
+    assert cfg["Env"][0].startswith("PATH=/opt/venv/bin:")
+    assert config["os"] == "linux" and config["architecture"] == architecture
 
 
 def test_the_root_filesystem_has_no_shell_no_pip_and_no_keys(rootfs: Path) -> None:
@@ -268,3 +280,66 @@ def test_a_container_tool_loads_the_archive_under_its_name(archive: Path, tmp_pa
     inspected = json.loads(subprocess.run([*storage, "inspect", "--type", "image", f"{REPO}:{VERSION}"],
                                           capture_output=True, text=True, check=True, timeout=120).stdout)
     assert inspected["OCIv1"]["config"]["User"] == "65532:65532"
+
+
+# --- linux/arm64: run under qemu user-mode emulation, `-L` on the image's root (no binfmt_misc)
+
+@pytest.fixture(scope="module")
+def arm64_rootfs(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Obj]]:
+    image = read_image(archive, "arm64")
+    root = tmp_path_factory.mktemp("image-arm64") / "rootfs"
+    root.mkdir()
+    unpack(archive, image["manifest"], root)
+    yield root, image["config"]
+    shutil.rmtree(root)
+
+
+def run_arm64(root: Path, config: Obj, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """The Entrypoint looked up on the image's PATH, its shebang's interpreter run by qemu.
+
+    qemu opens every path under ``-L`` first, so the interpreter finds its venv
+    (``-0`` gives it the argv[0] the kernel would have) and its standard library
+    in the image; anything absent there (the fixtures) is read from this machine.
+    """
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu, "qemu-aarch64-static (Debian's qemu-user-static) missing: make debs"
+    env = dict(e.split("=", 1) for e in config["config"]["Env"])
+    (entry,) = config["config"]["Entrypoint"]
+    script = next(f"{d}/{entry}" for d in env["PATH"].split(":") if (root / d.lstrip("/") / entry).is_file())
+    interpreter = (root / script.lstrip("/")).read_text().splitlines()[0].removeprefix("#!").strip()
+    binary = (root / interpreter.lstrip("/")).resolve()
+    if not binary.is_relative_to(root):  # an absolute symlink: resolve it inside the root
+        target = os.readlink(root / interpreter.lstrip("/"))
+        binary = root / target.lstrip("/")
+    result = subprocess.run([qemu, "-L", str(root), "-0", interpreter, str(binary), script, *argv],
+                            env={**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                            capture_output=True, text=True, check=False, timeout=300)
+    return result
+
+
+def test_the_arm64_root_is_arm64_and_has_no_shell(arm64_rootfs: tuple[Path, Obj]) -> None:
+    root, _ = arm64_rootfs
+    assert not (root / "usr/bin/sh").exists() and not (root / "usr/bin/dash").exists()
+    elf = (root / "usr/bin/python3.11").read_bytes()[:20]
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
+    so = next((root / "opt/venv/lib/python3.11/site-packages/pydantic_core").glob("*.so"))
+    assert so.name.endswith("-aarch64-linux-gnu.so")
+
+
+def test_the_arm64_entrypoint_prints_the_version(arm64_rootfs: tuple[Path, Obj]) -> None:
+    result = run_arm64(*arm64_rootfs, ["--version"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"flannel-guard {VERSION}"
+
+
+def test_the_arm64_entrypoint_checks_a_manifest(arm64_rootfs: tuple[Path, Obj], tmp_path: Path) -> None:
+    fixture = ROOT / "tests" / "fixtures" / "kube-flannel-cfg.yaml"
+    good = run_arm64(*arm64_rootfs, ["check", "--cluster-cidr", "10.244.0.0/16", "--arch", "arm64",
+                                     str(fixture)])
+    assert good.returncode == 0, good.stdout + good.stderr[-2000:]
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(fixture.read_text().replace("10.244.0.0/16", "10.99.0.0/16"))
+    bad = run_arm64(*arm64_rootfs, ["check", "--cluster-cidr", "10.244.0.0/16", "--output", "json",
+                                    str(wrong)])
+    assert bad.returncode != 0, bad.stdout
+    assert "10.99.0.0/16" in bad.stdout
