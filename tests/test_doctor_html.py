@@ -11,6 +11,7 @@ a block names its node, and the embedded data is exactly ``-o json``'s. A
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import re
@@ -44,10 +45,15 @@ def run(coro: Coroutine[Any, Any, T], bound: float = 240) -> T:
     return asyncio.run(asyncio.wait_for(coro, bound))
 
 
-def embedded(html: str) -> dict[str, Any]:
-    m = re.search(r'<script type="application/json" id="report">(.*?)</script>', html, re.S)
+def embedded(html: str) -> list[dict[str, Any]]:
+    """The grid's data for the hover script: -o json's addressSpace, with the blocks per row."""
+    m = re.search(r'<script type="application/json" id="grid-data">(.*?)</script>', html, re.S)
     assert m is not None
-    return dict(json.loads(m.group(1)))
+    return list(json.loads(m.group(1)))
+
+
+def grid_doc(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**fam, "cols": min(256, fam["shown"])} for fam in doc["addressSpace"]]
 
 
 async def open_page(browser: Chromium, path: Path) -> Page:
@@ -60,7 +66,7 @@ async def open_page(browser: Chromium, path: Path) -> Page:
 
 
 async def hover_text(page: Page, family: int, cell: int) -> str:
-    await page.eval(f"window.doctorGrid.grids[{family}].canvas.scrollIntoView({{block: 'center'}})")
+    await page.eval(f"window.doctorGrid.grids[{family}].reveal({cell})")
     x, y = await page.eval(f"window.doctorGrid.grids[{family}].center({cell})")
     await page.hover(x, y)
     return str(await page.eval("document.getElementById('tip').textContent"))
@@ -94,12 +100,12 @@ def test_the_page_from_a_live_cluster_renders_in_chromium(tmp_path: Path,
             code = await asyncio.to_thread(doctor.main, ["doctor", "--kubeconfig", config, "-o", "json",
                                                          "--html", str(page_file)])
             assert code == 1
-            return json.loads(capsys.readouterr().out), page_file.read_text()
+            out, err = capsys.readouterr()
+            assert err.strip() == f"flannel-guard doctor: wrote the HTML report to {page_file.resolve()}"
+            return json.loads(out), page_file.read_text()
 
     doc, html = run(go())
-    fixes = doc.pop("fixes")  # the findings' fixes, flattened: not embedded twice
-    assert embedded(html) == doc  # otherwise the same data as -o json
-    assert fixes == [x for f in doc["findings"] for x in f["fixes"]]
+    assert embedded(html) == grid_doc(doc)  # the hover's data is -o json's address space
     assert "<link" not in html and "src=" not in html and "http://" not in html and "https://" not in html
     (family,) = doc["addressSpace"]
     assert (family["blocks"], family["shown"], family["outside"]) == (256, 256, [["w4", "10.99.0.0/24"]])
@@ -112,7 +118,17 @@ def test_the_page_from_a_live_cluster_renders_in_chromium(tmp_path: Path,
             assert page.requests == [page_file.as_uri()]
             assert await page.eval("document.body.dataset.cells") == "257"  # 256 blocks + 1 outside
             assert await page.eval("window.doctorGrid.grids.map(g => g.cellsN)") == [257]
-            assert await page.eval("document.title") == "flannel-guard doctor"
+            assert await page.eval("document.title") == "flannel-guard doctor: emu"
+            # Commands in copyable blocks, never broken mid-word.
+            styles = await page.eval("[...document.querySelectorAll('pre.cmd')].map(p => {"
+                                     " const s = getComputedStyle(p);"
+                                     " return s.wordBreak + ' ' + s.overflowWrap; })")
+            assert styles and set(styles) == {"normal normal"}
+            assert await page.eval("document.querySelectorAll('pre.cmd button.copy').length") == len(styles)
+            # The grid follows the address: one labelled row per /16 (256 blocks of /24), then outside.
+            labels = await page.eval("[...document.querySelectorAll('.grid .row > b')]"
+                                     ".map(b => b.textContent)")
+            assert labels == ["10.244.0.0/16", "outside"]
             assert EVIL in await page.eval("[...document.querySelectorAll('pre')].map(p => p.textContent)"
                                            ".join('\\n')")
             cells = (0, 1, 2, 8, 20, 256)
@@ -152,9 +168,8 @@ def test_a_15000_node_page_stays_small_and_draws_every_block(tmp_path: Path) -> 
     assert size < PAGE_BUDGET, size
     (family,) = report.address_space
     assert (family.blocks, family.shown) == (16384, 16384)
-    whole = json.loads(json.dumps(report_document(report)))
-    del whole["fixes"]
-    assert embedded(html) == whole
+    assert embedded(html) == grid_doc(json.loads(json.dumps(report_document(report))))
+    assert html.count('<div class="row">') == 64  # 10.0.0.0/10: a row per /16
     page_file = tmp_path / "doctor-15000.html"
     page_file.write_text(html)
 
@@ -170,7 +185,11 @@ def test_a_15000_node_page_stays_small_and_draws_every_block(tmp_path: Path) -> 
             assert await hover_text(page, 0, 14998) == ("10.58.150.0/24 — used — node"
                                                         " ip-172-31-58-150.eu-west-1.compute.internal")
             assert await hover_text(page, 0, 16383) == "10.63.255.0/24 — free"
-            assert await page.screenshot(SHOTS / "15000-nodes.png") > 1000
+            # The whole page (a 15,000-row node table) is past what a screenshot takes: the grid's view.
+            await page.eval("window.doctorGrid.grids[0].reveal(0)")
+            shot = await page.call("Page.captureScreenshot", format="png")
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            (SHOTS / "15000-nodes.png").write_bytes(base64.b64decode(shot["data"]))
 
     run(browse())
 
@@ -195,3 +214,51 @@ def test_an_ipv6_family_too_large_to_draw_shows_its_first_blocks() -> None:
     assert (family.blocks, family.shown) == (1 << 24, MAX_CELLS)
     assert family.runs == (("u", 1), ("f", MAX_CELLS - 1))  # b lies beyond the drawn blocks
     assert family.names == (0,) and family.outside == ()
+
+
+def test_without_javascript_the_page_shows_what_the_text_report_shows(tmp_path: Path) -> None:
+    """Every table of the text report, server-side rendered: read with script execution disabled."""
+    from webhook.doctor.report import GuardRow, ProtectionRow
+    from webhook.doctor.text_report import render_text
+
+    report = dataclasses.replace(
+        diagnose(big_cluster(40)),
+        guard=GuardRow("flannel-guard", True, True, 2, "2027-01-01T00:00:00Z", True, "on",
+                       (ProtectionRow("ValidatingAdmissionPolicy", "flannel-guard-podcidr-immutable",
+                                      "active", "refuses a podCIDR change while the webhook is down"),)))
+    from datetime import UTC, datetime
+
+    html = render_html(report, cluster="prod-eu (cluster eu-1)",
+                       generated=datetime(2026, 12, 6, 20, 0, tzinfo=UTC))
+    page_file = tmp_path / "nojs.html"
+    page_file.write_text(html)
+
+    async def browse() -> str:
+        async with Chromium() as browser:
+            page = await browser.page()
+            await page.call("Emulation.setScriptExecutionDisabled", value=True)
+            await page.goto(page_file.as_uri())
+            assert await page.eval("document.body.dataset.ready || 'no script'") == "no script"
+            await page.screenshot(SHOTS / "no-javascript.png")
+            return str(await page.eval("document.body.innerText"))
+
+    text = run(browse())
+    assert "cluster prod-eu (cluster eu-1) · 2026-12-06 20:00:00 UTC · flannel-guard " in text
+    words = " ".join(text.split()).casefold()
+    for line in render_text(report).splitlines():
+        if re.match(r"  (?! )(?!\d+\. )(?!- )", line) and "  " in line.strip():  # a table row
+            for cell in line.strip().split("  "):
+                if cell.strip():
+                    assert " ".join(cell.split()).casefold() in words, cell
+    for heading in ("Cluster-cidr", "Node CIDR allocation", "Address space", "Flannel ConfigMaps",
+                    "flannel-guard", "Protections", "Flannel pods not ready", "Nodes (40"):
+        assert heading in text
+
+
+def test_an_unwritable_html_path_fails_before_the_cluster_is_read(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = kubeconfig_file(tmp_path / "kubeconfig", "http://127.0.0.1:9")  # nothing listens there
+    target = tmp_path / "missing" / "doctor.html"
+    assert doctor.main(["doctor", "--kubeconfig", str(config), "--html", str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"flannel-guard doctor: --html {target}: no directory {target.parent}\n"

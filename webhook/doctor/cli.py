@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="text (default): the findings, root cause first, with their fixes; json: the"
                         " same report as one document")
     p.add_argument("--html", type=Path, default=None, metavar="FILE",
-                   help="also write the report as one self-contained HTML page, with the address space"
-                        " drawn as a grid of node blocks")
+                   help="also write the report as one self-contained HTML page (readable without"
+                        " JavaScript), with the address space drawn as a grid of node blocks")
     from webhook.control.settings import load_environment  # validated FLANNEL_GUARD_* variables
 
     p.add_argument("--cluster-cidr", default=load_environment().cluster_cidr,
@@ -73,6 +73,36 @@ def _unreadable(args: argparse.Namespace, message: str) -> int:
     return EXIT_UNREADABLE
 
 
+def _unwritable(path: Path) -> str:
+    """Why ``path`` cannot be written (empty: it can), found before anything is read."""
+    import os
+
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return "" if os.access(path, os.W_OK) else "not writable"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"no directory {parent}"
+    return "" if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
+
+
+def _cluster_name(args: argparse.Namespace) -> str:
+    """The kubeconfig's current context (and its cluster), or "in-cluster": what the page names."""
+    if args.in_cluster:
+        return "in-cluster (service account)"
+    try:
+        import kubernetes.config
+
+        _, active = kubernetes.config.list_kube_config_contexts(
+            config_file=str(args.kubeconfig) if args.kubeconfig else None)
+    except Exception:  # the report was read: a name that cannot be told is no reason to fail
+        return ""
+    name = str(active.get("name", ""))
+    cluster = str((active.get("context") or {}).get("cluster", ""))
+    return f"{name} (cluster {cluster})" if cluster and cluster != name else name
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``doctor`` with parsed arguments; print the report; return the exit code."""
     import asyncio  # here, not at import: ``flannel-guard check`` never needs it
@@ -88,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"flannel-guard doctor: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
+    if args.html is not None:
+        problem = _unwritable(args.html)
+        if problem:  # before a minute of reading the cluster and the whole report printed
+            print(f"flannel-guard doctor: --html {args.html}: {problem}", file=sys.stderr)
+            return EXIT_UNREADABLE
     from webhook.doctor.collect import ClusterUnreadable, gather
     from webhook.doctor.diagnosis import diagnose
     from webhook.doctor.html_report import render_html
@@ -111,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
     print(render_json(report) if args.output == "json" else render_text(report))
     if args.html is not None:
         try:
-            args.html.write_text(render_html(report), encoding="utf-8")
+            args.html.write_text(render_html(report, cluster=_cluster_name(args)), encoding="utf-8")
         except OSError as e:
             print(f"flannel-guard doctor: --html {args.html}: {e.strerror or e}", file=sys.stderr)
             return EXIT_UNREADABLE
+        print(f"flannel-guard doctor: wrote the HTML report to {args.html.resolve()}", file=sys.stderr)
     return report.exit_code
 
 
