@@ -141,3 +141,56 @@ def test_check_judges_the_canal_configmap_in_a_manifest(capsys):
     assert main(["check", path, "--cluster-cidr", "10.42.0.0/16"]) == 0
     assert main(["check", path, "--cluster-cidr", "10.244.0.0/16"]) == 1
     assert "FAIL  ConfigMap kube-system/rke2-canal-config" in capsys.readouterr().out
+
+
+def doctor(*objects: dict):
+    from webhook.doctor import diagnose, gather
+
+    api = ApiThread()
+    try:
+        for obj in objects:
+            if obj["kind"] == "Node":
+                api.call(api.api.put_node(obj))
+            else:
+                api.call(api.api.put_object({"ConfigMap": "configmaps", "Pod": "pods"}[obj["kind"]], obj))
+        return diagnose(asyncio.run(gather(client_for(api.api.url), timeout=5.0)))
+    finally:
+        api.close()
+
+
+def test_doctor_on_k3s_finds_the_cluster_cidr_and_knows_flannel_is_embedded():
+    report = doctor(fixture("k3s-server-node.yaml"))
+    assert [f.code for f in report.findings] == []
+    notes = "\n".join(report.notes)
+    assert "k3s embeds flannel: its net-conf.json is a file on each node" in notes
+    assert "no flannel pods found" not in notes and "k3s runs flannel inside the k3s process" in notes
+    assert "kube-controller-manager runs inside k3s" in notes and "allocates node CIDRs" in notes
+
+
+def test_doctor_on_two_k3s_servers_that_disagree_names_the_config_file():
+    first = fixture("k3s-server-node.yaml")
+    second = copy.deepcopy(first)
+    second["metadata"]["name"] = "k3s-cp-1"
+    args = ["server", "--cluster-cidr", "10.60.0.0/16"]
+    second["metadata"]["annotations"]["k3s.io/node-args"] = json.dumps(args)
+    second["spec"] = {}
+    report = doctor(first, second)
+    (f,) = [f for f in report.findings if f.code == "ClusterCIDRDisagreement"]
+    assert "k3s server k3s-cp-1" in f.summary and "10.60.0.0/16" in f.summary
+    assert "cluster-cidr: 10.52.0.0/16 in /etc/rancher/k3s/config.yaml" in f.fixes[0].text
+
+
+def test_doctor_on_rke2_judges_rke2_canal_config_and_sees_the_canal_pods():
+    canal = fixture("rke2-canal-config.yaml")
+    canal["data"]["net-conf.json"] = canal["data"]["net-conf.json"].replace("10.42.0.0/16", "10.244.0.0/16")
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "rke2-canal-x7k2p", "namespace": "kube-system",
+                        "labels": {"k8s-app": "canal"}},
+           "spec": {"nodeName": "rke2-cp-0",
+                    "containers": [{"name": "calico-node"}, {"name": "kube-flannel"}]},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    report = doctor(fixture("rke2-server-node.yaml"), canal, pod)
+    (f,) = [f for f in report.findings if f.code == "NetworkMismatch"]
+    assert "rke2-canal-config" in f.subject and "10.42.0.0/16" in f.summary
+    assert "/etc/rancher/rke2/config.yaml" in f.fixes[0].text and "kubectl" not in f.fixes[0].text
+    assert "no flannel pods found" not in "\n".join(report.notes)

@@ -32,6 +32,7 @@ whose origins name the distribution, the node and whether the value is the defau
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,8 +40,10 @@ from typing import Any
 from webhook.core.cidrsource import CidrSource, ControllerManagerFacts, SourceKind, _clip, _note, _source
 
 __all__ = [
+    "CONFIG_FILES",
     "DISTRIBUTIONS",
     "SERVER_LABELS",
+    "distribution_of",
     "from_node",
     "from_nodes",
     "is_server",
@@ -50,6 +53,8 @@ __all__ = [
 DISTRIBUTIONS: tuple[tuple[str, str], ...] = (("k3s", "k3s.io/node-args"), ("rke2", "rke2.io/node-args"))
 #: Labels k3s and RKE2 put on servers (and kubeadm on its control plane).
 SERVER_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+#: Where each distribution reads its server flags from (config.yaml keys are the flags' names).
+CONFIG_FILES = {"k3s": "/etc/rancher/k3s/config.yaml", "rke2": "/etc/rancher/rke2/config.yaml"}
 _DEFAULT_CLUSTER = {4: "10.42.0.0/16", 6: "fd00:42::/56"}
 _DEFAULT_SERVICE = {4: "10.43.0.0/16", 6: "fd00:43::/112"}
 _KCM_ARG = "--kube-controller-manager-arg"
@@ -65,6 +70,14 @@ def _meta(node: Mapping[str, Any]) -> Mapping[str, Any]:
 def _strings(meta: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = meta.get(key)
     return value if isinstance(value, Mapping) else {}
+
+
+def distribution_of(source: CidrSource) -> tuple[str, str] | None:
+    """(distribution, node) of a source read from a server's node-args, None for any other source."""
+    if source.kind is not SourceKind.NODE_ARGS:
+        return None
+    distribution = source.origin.split(" ", 1)[0]
+    return (distribution, source.ref) if distribution in CONFIG_FILES else None
 
 
 def is_server(node: Mapping[str, Any]) -> bool:
@@ -147,7 +160,7 @@ def from_node(node: Mapping[str, Any]) -> ControllerManagerFacts | None:
     who = f"{distribution} server node {name}"
     if args is None:
         bad = CidrSource(f"{who} {annotation}", (), _clip(str(annotations[annotation]), 200),
-                         SourceKind.NODE_ARGS, f"{annotation} is {error}")
+                         SourceKind.NODE_ARGS, f"{annotation} is {error}", name)
         return ControllerManagerFacts(pod=name, cluster_cidr=bad, who=who)
     if args and args[0] == "agent":
         return None  # agents run no kube-controller-manager
@@ -166,6 +179,7 @@ def from_node(node: Mapping[str, Any]) -> ControllerManagerFacts | None:
     if "cluster-cidr" in kcm:  # an extra arg overrides what k3s passes
         cluster = _source(f"{who} {annotation} {_KCM_ARG}=cluster-cidr", kcm["cluster-cidr"],
                           SourceKind.NODE_ARGS)
+    cluster, service = (dataclasses.replace(s, ref=name) for s in (cluster, service))
     notes: list[str] = []
     masks: dict[str, int | None] = dict.fromkeys(_MASK_FLAGS)
     for flag in _MASK_FLAGS:

@@ -29,6 +29,7 @@ from webhook.core.constants import (
     TLS_SECRET,
 )
 from webhook.core.discovery import from_controller_manager_pod
+from webhook.core.nodeargs import from_nodes
 from webhook.core.rules.configmap import NET_CONF_KEY
 from webhook.doctor.facts import (
     ClaimFacts,
@@ -55,6 +56,7 @@ from webhook.doctor.readers import (
 )
 from webhook.doctor.sections.annotations import nodes_to_read_logs_of
 from webhook.doctor.sections.kubelet import SANDBOX_REASON
+from webhook.doctor.sections.pods import CANAL_POD_LABEL
 from webhook.kube.cluster import discover
 from webhook.kube.leases import ANNOTATION_CIDR, LABEL_MANAGED, lease_times
 
@@ -196,6 +198,8 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
            for ns, name in flannel_configmaps},
         **{f"pods {ns}": thread(get, f"pods in {ns} ({FLANNEL_POD_LABEL})", core.list_namespaced_pod, ns,
                                 label_selector=FLANNEL_POD_LABEL) for ns in flannel_namespaces},
+        "pods canal": thread(get, f"pods in kube-system ({CANAL_POD_LABEL})", core.list_namespaced_pod,
+                             "kube-system", label_selector=CANAL_POD_LABEL),
     }
     got = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
 
@@ -207,6 +211,8 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
             configmaps.append(ConfigMapFacts(ns, name, text if isinstance(text, str) else None))
     raw_pods = [p for ns in flannel_namespaces for p in items_of(got[f"pods {ns}"])
                 if (metadata_of(p).get("labels") or {}).get("app") == "flannel"]
+    raw_pods += [p for p in items_of(got["pods canal"])  # RKE2's rke2-canal-*, Canal's canal-*
+                 if (metadata_of(p).get("labels") or {}).get("k8s-app") == "canal"]
     pods = [pod_facts(p) for p in raw_pods]
     nodes = [n for n in map(node_facts, items_of(node_doc)) if n is not None]
     shared = nodes_to_read_logs_of(nodes)
@@ -240,7 +246,9 @@ async def gather(api: kubernetes.client.ApiClient, cluster_cidr: str | None = No
     pods = [PodFacts(f.namespace, f.name, f.node, f.ready, f.state, f.restarts, *(log or (None, ())))
             for f, log in zip(pods, logs, strict=True)]
 
-    kcm = tuple(from_controller_manager_pod(p) for p in items_of(got["kcm"]))
+    # k3s/RKE2 run kube-controller-manager in the server process: its flags are the servers' node-args.
+    kcm = (*(from_controller_manager_pod(p) for p in items_of(got["kcm"])),
+           *from_nodes(items_of(node_doc))[0])
     workloads = tuple(w for w in map(workload_pod, got["workloads"] or []) if w is not None)
     service_cidrs = tuple(str(c) for s in items_of(got["servicecidrs"])
                           for c in (s.get("spec") or {}).get("cidrs") or [])

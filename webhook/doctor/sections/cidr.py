@@ -7,6 +7,7 @@ import math
 from webhook.core.cidr import CidrError, IPNetwork, parse_cidr
 from webhook.core.cidrset import CidrSet, CidrSetError, MaskTooBigError
 from webhook.core.discovery import CidrSource, ControllerManagerFacts, SourceKind
+from webhook.core.nodeargs import CONFIG_FILES, distribution_of
 from webhook.core.rules.findings import Severity
 from webhook.doctor.model import (
     KCM_MANIFEST,
@@ -128,7 +129,10 @@ def cluster(ctx: Context) -> Section:
         why = f"does not parse ({s.error})" if s.error else f"is {s.describe()}"
         fix = (kubeadm_fix(ctx.target_text) if s.kind is SourceKind.KUBEADM
                else kube_proxy_fix(ctx.target_text) if s.kind is SourceKind.KUBE_PROXY
+               else _distribution_fix(s, ctx.target_text) if distribution_of(s)
                else Fix("manual", "run doctor without --cluster-cidr, or with the cluster's value"))
+        if (server := distribution_of(s)) is not None:
+            label = f"{server[0]} server {server[1]} --cluster-cidr"
         out.add(Severity.ERROR, "ClusterCIDRDisagreement", label,
                 f"{label} {why} but the cluster-cidr is {ctx.target_text} (from {ctx.origin}).",
                 "The settings that must agree (kubeadm podSubnet, kube-controller-manager"
@@ -149,10 +153,26 @@ def cluster(ctx: Context) -> Section:
                 "It hands out every node's podCIDR; flannel then fails with"
                 f" '{NO_POD_CIDR_LOG}' (flags lost on upgrade, or kubeadm without podSubnet).",
                 [kcm_flags_fix(kcm_flags)])
+    elif servers := [d for src in res.sources if (d := distribution_of(src))]:
+        distribution, node = servers[0]
+        allocates = ("allocates node CIDRs (--allocate-node-cidrs=true, as it starts it)"
+                     if res.allocate_node_cidrs else "runs without --allocate-node-cidrs=true:"
+                     " nodes get no podCIDR from it")
+        out.notes.append(f"kube-controller-manager runs inside {distribution} on its servers (no pod;"
+                         f" flags from node {node}'s {distribution}.io/node-args): it {allocates}")
     elif not ctx.kcm_found:
         out.notes.append("kube-controller-manager pod not found (label component=kube-controller-manager in"
                          " kube-system): cannot tell whether it allocates node CIDRs")
     return out
+
+
+def _distribution_fix(s: CidrSource, target: str) -> Fix:
+    """Where a k3s/RKE2 server's cluster-cidr is written: its config.yaml (or its --cluster-cidr flag)."""
+    distribution, node = distribution_of(s) or ("k3s", "?")
+    path = CONFIG_FILES[distribution]
+    return Fix("manual", f"on {distribution} server {node}: cluster-cidr: {target} in {path} (or the"
+               f" --cluster-cidr flag), as on the other servers, then restart {distribution}; every server"
+               " must give the same value", {"node": node, "file": path, "clusterCIDR": target})
 
 
 def _flag_conflict(kcm: ControllerManagerFacts, dual: bool) -> str | None:

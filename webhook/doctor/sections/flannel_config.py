@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from webhook.core.cidr import IPNetwork
+from webhook.core.nodeargs import CONFIG_FILES, distribution_of
 from webhook.core.rules.configmap import NET_CONF_KEY, review_configmap
 from webhook.core.rules.findings import Severity
 from webhook.core.rules.fixnetwork import replace_top_level_value
@@ -53,6 +54,10 @@ def corrected_net_conf(text: str, target: Sequence[IPNetwork]) -> str | None:
     return json.dumps(doc, indent=2)
 
 
+#: The DaemonSet that reads a flannel ConfigMap, when not kube-flannel.yml's kube-flannel-ds.
+_DAEMONSETS = {"canal-config": "canal"}
+
+
 def _nodes_inside(ctx: Context) -> bool:
     """Whether every node's podCIDR lies in the cluster-cidr (so a Network set to it strands none)."""
     return bool(ctx.target) and not ctx.view.nodes.outside(ctx.target, limit=0)[0]
@@ -61,7 +66,18 @@ def _nodes_inside(ctx: Context) -> bool:
 def configmaps(ctx: Context) -> tuple[list[ConfigMapRow], Section]:
     out = Section()
     rows: list[ConfigMapRow] = []
-    if not ctx.facts.configmaps:
+    servers = [d for src in ctx.res.sources if (d := distribution_of(src))]
+    if not ctx.facts.configmaps and servers and servers[0][0] == "k3s":
+        out.notes.append("k3s embeds flannel: its net-conf.json is a file on each node"
+                         " (<data-dir>/agent/etc/flannel/net-conf.json, data-dir /var/lib/rancher/k3s by"
+                         " default), written from the server's cluster-cidr or --flannel-conf; the API does"
+                         " not show it."
+                         f" Its Network is the cluster-cidr ({ctx.target_text}) unless --flannel-conf says"
+                         f" otherwise: change it with cluster-cidr: in {CONFIG_FILES['k3s']}")
+    elif not ctx.facts.configmaps and servers:
+        out.notes.append(f"RKE2 without a flannel ConfigMap (rke2-canal-config, kube-flannel-cfg): its CNI is"
+                         f" not Canal or flannel (cni: in {CONFIG_FILES['rke2']}), nothing here for flannel")
+    elif not ctx.facts.configmaps:
         refs = " and ".join(f"{ns}/{n}" for ns, n in ctx.facts.flannel_configmaps)
         out.add(Severity.WARNING, "NoFlannelConfigMap", "flannel", f"no flannel ConfigMap found ({refs}).",
                 "flannel reads net-conf.json from it and does not start without it.",
@@ -82,7 +98,9 @@ def configmaps(ctx: Context) -> tuple[list[ConfigMapRow], Section]:
         fixed = False
         for f in found:
             fixes: list[Fix] = []
-            if f.code in NETWORK_CODES and not fixed and ctx.target and cm.net_conf is not None:
+            # RKE2's chart writes rke2-canal-config from the cluster-cidr: an edit would be undone.
+            if (f.code in NETWORK_CODES and not fixed and ctx.target and cm.net_conf is not None
+                    and cm.name != "rke2-canal-config"):
                 corrected = corrected_net_conf(cm.net_conf, ctx.target)
                 if corrected is not None:
                     fixed = True
@@ -90,7 +108,7 @@ def configmaps(ctx: Context) -> tuple[list[ConfigMapRow], Section]:
                         "set-flannel-network",
                         f"kubectl -n {cm.namespace} edit configmap {cm.name}: set data.{NET_CONF_KEY} to\n"
                         f"{corrected}\nthen `kubectl -n {cm.namespace} rollout restart daemonset"
-                        " kube-flannel-ds`",
+                        f" {_DAEMONSETS.get(cm.name, 'kube-flannel-ds')}`",
                         {"namespace": cm.namespace, "configMap": cm.name, "netConf": corrected}))
             if not fixes and f.fix:
                 fixes.append(Fix("manual", f.fix))

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from webhook.core.nodeargs import distribution_of
 from webhook.core.rules.findings import Severity
 from webhook.doctor.facts import PodFacts
 from webhook.doctor.klog import kind_of
 from webhook.doctor.model import FLANNEL_CONTAINER, FLANNEL_POD_LABEL, Context, Section
 from webhook.doctor.report import Fix
 
-__all__ = ["pods"]
+__all__ = ["CANAL_POD_LABEL", "pods"]
+
+#: Canal's DaemonSet pods (RKE2's rke2-canal-*, upstream canal-*): flannel runs in their
+#: kube-flannel container (webhook/doctor/collect.py lists them too).
+CANAL_POD_LABEL = "k8s-app=canal"
 
 _NAMED = 5  # up to this many pods are deleted by name, more by label
 
@@ -80,9 +85,14 @@ def _host_findings(out: Section, kind: str, group: list[PodFacts]) -> None:
 def pods(ctx: Context) -> tuple[list[PodFacts], Section]:
     out = Section()
     bad = [p for p in ctx.facts.pods if not p.ready]
-    if not ctx.facts.pods:
+    k3s = any((d := distribution_of(s)) and d[0] == "k3s" for s in ctx.res.sources)
+    if not ctx.facts.pods and k3s:
+        out.notes.append("k3s runs flannel inside the k3s process, so there are no flannel pods: its health"
+                         " is each Node's Ready condition and flannel.alpha.coreos.com annotations (NODES)")
+    elif not ctx.facts.pods:
         namespaces = " and ".join(dict.fromkeys(ns for ns, _ in ctx.facts.flannel_configmaps))
-        out.notes.append(f"no flannel pods found (label {FLANNEL_POD_LABEL} in {namespaces})")
+        out.notes.append(f"no flannel pods found (label {FLANNEL_POD_LABEL} in {namespaces}, or"
+                         f" {CANAL_POD_LABEL} in kube-system)")
     groups: dict[tuple[str, str], list[PodFacts]] = defaultdict(list)
     for p in bad:
         groups[p.namespace, _kind(p)].append(p)
