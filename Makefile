@@ -7,19 +7,34 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run test lint certs bench bench-claims bench-parse bench-match bench-decompose soak clean
+.PHONY: all venv run demo test lint certs bench bench-claims bench-parse bench-match bench-decompose soak clean
 
 all: test
 
-$(STAMP): pyproject.toml constraints.txt
+RUN_STAMP := $(VENV)/.runtime-stamp
+
+# `make run` needs the runtime dependencies only; `make test` (and `make demo`, which serves the
+# test suite's emulated API) add the test extra on top. pip shows its progress: the first run
+# downloads about 40 MB.
+$(RUN_STAMP): pyproject.toml constraints.txt
+	@echo "==> installing flannel-guard and its runtime dependencies into $(VENV) (once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -c constraints.txt -e .
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
+	@echo "==> installing the test dependencies into $(VENV) (once)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(STAMP)
 
-certs: $(STAMP)
+certs: $(RUN_STAMP)
 	$(BIN)/flannel-guard certs --dev --out certs
+
+# flannel-guard doctor, text and HTML, on an emulated API holding a broken cluster (no cluster needed).
+demo: $(STAMP)
+	$(BIN)/python examples/demo_cluster.py --out build/demo
 
 run: certs
 	@echo ""
