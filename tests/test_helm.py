@@ -112,7 +112,9 @@ def overlay_dir(tree: Path, name: str) -> Path:
 
 def helm_args(tree: Path, name: str) -> list[str]:
     values = CHOICES[name]["values"]
-    args = [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
+    # kustomize renders the Namespace; the chart does when asked (its default is --create-namespace).
+    args = ["--set", "createNamespace=true"]
+    args += [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
     if values.get("certManager.enabled") != "true":
         certs = tree / "certs"
         args += ["--set-file", f"tls.crt={certs / 'tls.crt'}", "--set-file", f"tls.key={certs / 'tls.key'}",
@@ -227,4 +229,59 @@ def test_the_chart_refuses_a_missing_certificate_and_a_wrong_mode(tree: Path) ->
     assert result.returncode != 0 and "tls.ca (PEM) is required" in result.stderr
     result = helm("template", "flannel-guard", str(CHART), "--namespace", NAMESPACE,
                   "--set", "certManager.enabled=true", "--set", "mode=audit")
-    assert result.returncode != 0 and "mode must be enforce or warn" in result.stderr
+    assert result.returncode != 0 and "at '/mode'" in result.stderr  # values.schema.json
+
+
+def test_the_documented_install_creates_no_namespace_object_and_prints_what_to_check(tree: Path) -> None:
+    """`helm install --create-namespace -n flannel-guard`: Helm makes the namespace (helm/helm#10976)."""
+    result = helm("install", "flannel-guard", str(CHART), "--dry-run=client", "--create-namespace",
+                  "--namespace", NAMESPACE, *helm_args(tree, "cert-manager")[2:])
+    assert result.returncode == 0, result.stderr
+    manifest, notes = result.stdout.split("NOTES:", 1)
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(manifest.split("MANIFEST:", 1)[1]) if doc]
+    assert "Namespace" not in kinds and "Deployment" in kinds
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/flannel-guard" in notes
+    example = "examples/kube-flannel-wrong-network.yml"
+    assert f"kubectl apply --dry-run=server -f {example}" in notes and (ROOT / example).is_file()
+    assert "flannel-guard doctor" in notes
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ("clusterCidr=banana", "/clusterCidr"),
+    ("clusterCidr=10.244.0.0/33", "/clusterCidr"),
+    ("clusterCidr=300.244.0.0/16", "/clusterCidr"),
+    ("port=70000", "/port"),
+    ("probePort=0", "/probePort"),
+    ("mode=audit", "/mode"),
+    ("replicas=0", "/replicas"),
+])
+def test_the_values_schema_refuses_what_the_program_would(value: str, said: str) -> None:
+    result = helm("template", "flannel-guard", str(CHART), "--namespace", NAMESPACE,
+                  "--set", "certManager.enabled=true", "--set", value)
+    assert result.returncode != 0 and "values don't meet the specifications" in result.stderr
+    assert f"at '{said}'" in result.stderr
+
+
+def test_the_chart_points_home_and_ports_reach_the_container(tree: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert "flannel-io" not in chart["home"]
+    result = helm("template", "flannel-guard", str(CHART), "--namespace", NAMESPACE,
+                  "--set", "certManager.enabled=true", "--set", "port=10443", "--set", "probePort=10444")
+    assert result.returncode == 0, result.stderr
+    [deployment] = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--port") + 1] == "10443" and args[args.index("--probe-port") + 1] == "10444"
+    assert [p["containerPort"] for p in container["ports"]] == [10443, 10444]
+
+
+def test_the_manifests_readme_uninstalls_every_role_and_uses_files_that_exist(
+        renders: dict[str, tuple[dict[Key, Obj], dict[Key, Obj]]]) -> None:
+    text = (MANIFESTS / "README.md").read_text()
+    uninstall = text.split("## Uninstall", 1)[1]
+    from_kustomize, _ = renders["default"]
+    for kind, namespace, name in from_kustomize:
+        if kind in ("Role", "RoleBinding") and namespace != NAMESPACE:  # not gone with the namespace
+            assert re.search(rf"kubectl -n {namespace} delete role,rolebinding {name}\b", uninstall), name
+    for path in re.findall(r"-f (examples/\S+)", text):
+        assert (ROOT / path).is_file(), path
