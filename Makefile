@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 CLUSTER_CIDR ?= 10.244.0.0/16
 PORT   ?= 8443
 
-.PHONY: all venv run demo test lint certs bench bench-claims bench-parse bench-match bench-decompose soak clean
+.PHONY: all venv run demo release test lint certs bench bench-claims bench-parse bench-match bench-decompose soak clean
 
 all: test
 
@@ -49,6 +49,11 @@ run: certs
 	$(BIN)/flannel-guard serve --standalone --cluster-cidr $(CLUSTER_CIDR) --port $(PORT) \
 		--tls-cert certs/tls.crt --tls-key certs/tls.key
 
+# dist/: install.yaml (+ the cert-manager variant), the packaged chart, the image archive when
+# `make image` wrote it, SHA256SUMS (release/make_dist.py says what each is for).
+release: $(STAMP) tools
+	$(BIN)/python release/make_dist.py --dist dist
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -58,7 +63,7 @@ test: $(STAMP) tools debs
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) tools build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) tools build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
 
 include tools.mk
 include system.mk
