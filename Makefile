@@ -98,3 +98,8 @@ bench-decompose: $(STAMP) $(RUNTIME_STAMP)
 
 bench-match: $(STAMP)
 	$(BIN)/python bench/match_calls.py
+
+# Issue 26: a join storm of 1,000 Nodes on one, two and three replicas, and one while none answered.
+.PHONY: bench-storm
+bench-storm: $(STAMP)
+	$(BIN)/python bench/storm.py

@@ -41,7 +41,8 @@ class Assigner:
 
     def __init__(self, api: kubernetes.client.ApiClient, state: ClusterState,
                  allocator: Callable[[], Allocator | None], *, enabled: Callable[[], bool],
-                 events: EventRecorder | None = None, batch: int = 100, interval: float = 10.0) -> None:
+                 events: EventRecorder | None = None, batch: int = 100, interval: float = 10.0,
+                 parallel: int = 16) -> None:
         self._api = api
         self._state = state
         self._allocator = allocator
@@ -49,6 +50,9 @@ class Assigner:
         self._events = events
         self._batch = batch
         self._interval = interval
+        # Nodes claimed and patched at once: each is two API round trips, and a storm of 1,000
+        # Nodes stored while no replica answered waits for them (bench/storm.py, issue 26).
+        self._parallel = max(1, parallel)
         self.assigned = 0
         self.passes = 0
         # Set when a block may have become free while a pass found the range exhausted.
@@ -66,7 +70,8 @@ class Assigner:
             await leading.wait()
             self._state.unassigned_changed.clear()
             try:
-                await self.pass_once(leading)
+                if await self.pass_once(leading) and self._state.unassigned:
+                    continue  # a batch done and more waiting: the next one now, not at ``interval``
             except Exception:
                 log.exception("assigning pass failed")
             with contextlib.suppress(TimeoutError):
@@ -79,33 +84,43 @@ class Assigner:
         if allocator is None or not self._enabled() or not self._state.ready:
             return 0
         done = 0
-        for name in sorted(self._state.unassigned)[: self._batch]:
+        names = sorted(self._state.unassigned)[: self._batch]
+        for start in range(0, len(names), self._parallel):
             if leading is not None and not leading.is_set():
                 break
-            try:
-                cidrs = await allocator.assign(name)
-            except RangeExhaustedError as e:
-                # Not the end of the loop: the next freed block (wake) starts another pass.
-                self._exhausted = True
-                if self._events is not None:
-                    self._events.warning(name, "CIDRNotAvailable",
-                                         f"Node {name} status is now: CIDRNotAvailable ({e})")
-                break
-            except StoreUnavailable as e:
-                log.warning("podCIDR not claimed; next pass retries", node=name[:253], error=str(e)[:200])
-                break
-            except ClaimWithheld as e:
-                log.info("podCIDR not claimed now; next pass retries", node=name[:253], error=str(e)[:200])
-                continue
-            if await self._patch(name, [str(c) for c in cidrs]):
-                done += 1
-                self._state.mark_assigned(name, True)
-                if self._events is not None:
-                    self._events.normal(name, "PodCIDRAssigned",
-                                        f"flannel-guard assigned podCIDR {','.join(map(str, cidrs))}"
-                                        f" to node {name} (the node had none)")
+            results = await asyncio.gather(*(self._assign_one(allocator, name)
+                                             for name in names[start:start + self._parallel]))
+            done += sum(r is True for r in results)
+            if any(r is None for r in results):
+                break  # the range is exhausted or the API does not take writes: the next pass
         self.assigned += done
         return done
+
+    async def _assign_one(self, allocator: Allocator, name: str) -> bool | None:
+        """Claim and patch one Node: True when patched, False to skip it, None to end the pass."""
+        try:
+            cidrs = await allocator.assign(name)
+        except RangeExhaustedError as e:
+            # Not the end of the loop: the next freed block (wake) starts another pass.
+            self._exhausted = True
+            if self._events is not None:
+                self._events.warning(name, "CIDRNotAvailable",
+                                     f"Node {name} status is now: CIDRNotAvailable ({e})")
+            return None
+        except StoreUnavailable as e:
+            log.warning("podCIDR not claimed; next pass retries", node=name[:253], error=str(e)[:200])
+            return None
+        except ClaimWithheld as e:
+            log.info("podCIDR not claimed now; next pass retries", node=name[:253], error=str(e)[:200])
+            return False
+        if not await self._patch(name, [str(c) for c in cidrs]):
+            return False
+        self._state.mark_assigned(name, True)
+        if self._events is not None:
+            self._events.normal(name, "PodCIDRAssigned",
+                                f"flannel-guard assigned podCIDR {','.join(map(str, cidrs))}"
+                                f" to node {name} (the node had none)")
+        return True
 
     async def _patch(self, name: str, cidrs: list[str]) -> bool:
         body = {"spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}}
