@@ -237,9 +237,10 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="check manifest files offline (exit 0 clean, 1 violations, 2 bad input)")
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files; - for stdin")
     _rule_args(check, offline=True)
-    check.add_argument("--output", "-o", choices=["text", "json"], default="text",
+    check.add_argument("--output", "-o", choices=["text", "json", "junit", "sarif"], default="text",
                        help="text (default): a line per object and its findings; json: the same as one"
-                            " document, each object with its file and line")
+                            " document, each object with its file and line; junit: JUnit XML, a test"
+                            " case per object; sarif: SARIF 2.1.0, a result per finding")
     check.add_argument("--strict", action="store_true",
                        help="also fail (exit 1) when nothing was checked or the cluster-cidr is unknown:"
                             " for CI, where a clean result must mean something")
@@ -285,7 +286,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         # Offline, an unknown cluster-cidr is a gap in the input, not a violation.
         settings=_rule_settings(args, Severity.WARNING), strict=args.strict,
     )
-    print(render(report, args.output))
+    from webhook.check_formats import FORMATS
+
+    print(FORMATS[args.output](report) if args.output in FORMATS else render(report, args.output))
     return report.exit_code
 
 
