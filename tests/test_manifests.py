@@ -220,7 +220,8 @@ def test_variants_have_the_expected_objects(rendered: dict[str, list[Obj]]) -> N
     }
     assert kinds("default") == kinds("fix-network") == common | {"Secret"}
     assert kinds("client-ca") == kinds("single-replica") == common | {"Secret"}
-    assert kinds("prometheus") == common | {"Secret"} | PROMETHEUS_KINDS
+    # components/prometheus: also the Grafana dashboard, a ConfigMap for Grafana's sidecar.
+    assert kinds("prometheus") == common | {"Secret", "ConfigMap"} | PROMETHEUS_KINDS
     assert kinds("cert-manager") == kinds("cert-manager+fix-network") == common | CERT_MANAGER_KINDS
 
 
