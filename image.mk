@@ -82,7 +82,7 @@ ARM64_PLATFORMS := $(foreach v,$(shell seq 36 -1 17),--platform manylinux_2_$(v)
 IMAGE_DEPS := image.mk $(if $(filter amd64,$(IMAGE_ARCHS)),Dockerfile .dockerignore $(WHEELS_STAMP) $(IMAGE_BASE_DEP)) \
 	$(if $(filter arm64,$(IMAGE_ARCHS)),$(ARM64_ROOT_TAR))
 
-.PHONY: wheels wheels-arm64 image-base image-arm64 image
+.PHONY: wheels wheels-arm64 image-base image-arm64 image krew
 
 wheels: $(WHEELS_STAMP)
 
@@ -166,3 +166,22 @@ endif
 	$(BUILDAH) rmi $(foreach a,$(IMAGE_ARCHS),$(IMAGE_BUILD)-$(a)) >/dev/null
 	mv -f $@.tmp $@
 	@echo "$@: $(IMAGE_REPO):$(IMAGE_TAG) ($(IMAGE_ARCHS))"
+
+# make krew: the kubectl plugin's archives, one per platform (the launcher and that platform's
+# wheels), and build/krew/flannel-guard.yaml, the manifest with their sha256. Reproducible:
+# sorted, dated 0, owned by root, gzip without a name or time.
+KREW_VERSION := v$(IMAGE_VERSION)
+KREW_ARCHIVES := $(foreach a,amd64 arm64,build/krew/kubectl-flannel_guard-$(KREW_VERSION)-linux-$(a).tar.gz)
+
+krew: build/krew/flannel-guard.yaml
+
+build/krew/kubectl-flannel_guard-$(KREW_VERSION)-linux-%.tar.gz: plugins/kubectl-flannel_guard $(WHEELS_STAMP) $(ARM64_WHEELS_STAMP)
+	rm -rf build/krew/stage-$* && mkdir -p build/krew/stage-$*/wheels
+	cp plugins/kubectl-flannel_guard build/krew/stage-$*/
+	cp $(if $(filter amd64,$*),build/wheels,build/wheels-arm64)/*.whl build/krew/stage-$*/wheels/
+	tar -C build/krew/stage-$* --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - . \
+		| gzip -n > $@.tmp
+	rm -rf build/krew/stage-$* && mv -f $@.tmp $@
+
+build/krew/flannel-guard.yaml: plugins/flannel-guard.yaml plugins/krew_manifest.py $(KREW_ARCHIVES)
+	$(BIN)/python plugins/krew_manifest.py $@ $(KREW_ARCHIVES)

@@ -3,17 +3,19 @@
 kubectl finds the venv's ``kubectl-flannel_guard`` console script on $PATH (its plugin
 list), runs ``check`` through it, and ``doctor`` reads the context kubectl would: the
 current one, or ``--context``'s. Two contexts point at two closed loopback ports, so which
-one doctor read is in its answer without any server. The krew manifest is checked against
-krew's rules and pyproject.toml.
+one doctor read is in its answer without any server. ``make krew``'s archive is installed as
+krew lays it out and run through kubectl too, with no venv of this repository on $PATH.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -130,22 +132,70 @@ def test_namespace_is_the_guards_namespace(monkeypatch: pytest.MonkeyPatch) -> N
     assert seen == [["doctor", "-o", "json", "--guard-namespace", "guard"], ["check", "-n", "x"]]
 
 
-def test_the_krew_manifest_installs_the_console_script() -> None:
-    manifest = yaml.safe_load((ROOT / "plugins" / "flannel-guard.yaml").read_text())
-    assert manifest["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2"
-    assert manifest["kind"] == "Plugin"
+@pytest.fixture(scope="module")
+def krew_build() -> dict[str, Any]:
+    """``make krew``: the archives and the manifest with their sha256 (a no-op when up to date)."""
+    result = subprocess.run(["make", "-s", "krew"], cwd=ROOT, capture_output=True, text=True, check=False,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return yaml.safe_load((ROOT / "build" / "krew" / "flannel-guard.yaml").read_text())
+
+
+def test_the_krew_manifest_names_the_archives_make_krew_packs(krew_build: dict[str, Any]) -> None:
+    source = yaml.safe_load((ROOT / "plugins" / "flannel-guard.yaml").read_text())
+    assert krew_build["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2"
+    assert krew_build["kind"] == "Plugin"
     # krew: the plugin's name is the command; its bin is kubectl-<name>, dashes as underscores.
-    name = manifest["metadata"]["name"]
+    name = krew_build["metadata"]["name"]
     assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) and name == "flannel-guard"
-    spec = manifest["spec"]
+    spec = krew_build["spec"]
     assert spec["version"] == f"v{PYPROJECT['project']['version']}"
     assert spec["shortDescription"] and len(spec["shortDescription"]) <= 80
     script = "kubectl-" + name.replace("-", "_")
     assert script in PYPROJECT["project"]["scripts"]
+    assert [p["selector"] for p in spec["platforms"]] == [p["selector"] for p in source["spec"]["platforms"]]
     for platform in spec["platforms"]:
+        labels = platform["selector"]["matchLabels"]
+        archive = ROOT / "build" / "krew" / platform["uri"].rsplit("/", 1)[1]
+        assert archive.name.endswith(f"-{labels['os']}-{labels['arch']}.tar.gz")
+        assert spec["version"] in platform["uri"] and platform["uri"].startswith("https://")
+        assert platform["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
         assert platform["bin"] == script
-        assert platform["selector"]["matchExpressions"]
-        assert re.fullmatch(r"[0-9a-f]{64}", platform["sha256"])
-        assert platform["uri"].startswith("https://") and spec["version"] in platform["uri"]
-        assert any(f["from"] == script for f in platform["files"])
-    assert os.access(VENV_BIN / script, os.X_OK)
+
+
+def krew_install(manifest: dict[str, Any], arch: str, store: Path) -> Path:
+    """What ``kubectl krew install`` does: unpack, move each ``files`` entry, link ``bin``."""
+    (platform,) = [p for p in manifest["spec"]["platforms"] if p["selector"]["matchLabels"]["arch"] == arch]
+    unpacked = store / "download"
+    with tarfile.open(ROOT / "build" / "krew" / platform["uri"].rsplit("/", 1)[1]) as tar:
+        tar.extractall(unpacked, filter="data")
+    install = store / "store" / manifest["metadata"]["name"] / manifest["spec"]["version"]
+    install.mkdir(parents=True)
+    for op in platform["files"]:
+        matches = sorted(unpacked.glob(op["from"]))
+        assert matches, op
+        target = install / op["to"]
+        target.mkdir(parents=True, exist_ok=True)
+        for path in matches:
+            path.rename(target / path.name)
+    bin_dir = store / "bin"
+    bin_dir.mkdir()
+    (bin_dir / platform["bin"]).symlink_to(install / platform["bin"])
+    return bin_dir
+
+
+def test_the_krew_archive_runs_through_kubectl(krew_build: dict[str, Any], tmp_path: Path) -> None:
+    bin_dir = krew_install(krew_build, "amd64", tmp_path / "krew")
+    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin")
+    assert python, "python3.11 missing"
+    # No venv of this repository on the way: the plugin's own, made on first run from its wheels.
+    env = {"PATH": f"{bin_dir}:{KUBECTL.parent}:{Path(python).parent}:/usr/bin:/bin",
+           "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "absent")}
+    listed = kubectl_run(env, "plugin", "list", "--name-only")
+    assert listed.returncode == 0 and "kubectl-flannel_guard" in listed.stdout.split(), listed.stderr
+    version = kubectl_run(env, "flannel-guard", "--version")
+    assert version.returncode == 0, version.stderr[-3000:]
+    assert version.stdout.strip() == f"flannel-guard {PYPROJECT['project']['version']}"
+    checked = kubectl_run(env, "flannel-guard", "check", "--cluster-cidr", "10.244.0.0/16", str(FIXTURE))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert (tmp_path / "krew" / "store" / "flannel-guard" / krew_build["spec"]["version"] / "venv").is_dir()
