@@ -19,9 +19,10 @@ from xml.etree import ElementTree as ET
 
 from webhook import __version__
 from webhook.check import CheckReport, Location
+from webhook.check import render as render_text_or_json
 from webhook.core.rules import Finding, Severity
 
-__all__ = ["FORMATS", "render_junit", "render_sarif"]
+__all__ = ["FORMATS", "render", "render_junit", "render_sarif"]
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 INFORMATION_URI = "https://github.com/flannel-guard/flannel-guard"
@@ -124,3 +125,8 @@ def render_sarif(report: CheckReport) -> str:
 
 #: ``check --output`` values beyond check's own text and json.
 FORMATS = {"junit": render_junit, "sarif": render_sarif}
+
+
+def render(report: CheckReport, output: str) -> str:
+    """Any ``check --output``: junit and sarif here, text and json by :func:`webhook.check.render`."""
+    return FORMATS[output](report) if output in FORMATS else render_text_or_json(report, output)
