@@ -60,6 +60,17 @@ class StormApi(BenchApi):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.writes: Counter[str] = Counter()
+        # Seconds each Lease write and read takes before it is served (``--api-ms``): an etcd
+        # write's latency, which the in-memory emulator does not have (0 by default).
+        self.delay = 0.0
+
+    async def _slow(self) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+
+    async def _lease_get(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await self._slow()
+        return await super()._lease_get(request)
 
     async def _nodes(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         """A Node list or watch with a ``labelSelector`` gets only the Nodes it selects, as from the
@@ -131,6 +142,7 @@ class StormApi(BenchApi):
         return resp
 
     async def _lease_create(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await self._slow()
         body = await request.json()
         name = (body.get("metadata") or {}).get("name") or ""
         mine = (body.get("spec") or {}).get("holderIdentity")
@@ -143,11 +155,13 @@ class StormApi(BenchApi):
         return resp
 
     async def _lease_replace(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await self._slow()
         if request.match_info["name"].startswith("podcidr-"):
             self.writes["renew"] += 1
         return await super()._lease_replace(request)
 
     async def _lease_delete(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await self._slow()
         if request.match_info["name"].startswith("podcidr-"):
             self.writes["delete"] += 1
         return await super()._lease_delete(request)
@@ -313,8 +327,11 @@ def main() -> None:
     p.add_argument("--order", default="spread", help="candidate order of the replicas (storm_serve.py)")
     p.add_argument("--replicas", default="1,2,3")
     p.add_argument("--no-outage", action="store_true")
+    p.add_argument("--api-ms", type=float, default=0.0,
+                   help="latency of each Lease write and read in the emulated API (an etcd write's)")
     args = p.parse_args()
     api = StormApiThread()
+    api.api.delay = args.api_ms / 1000  # type: ignore[attr-defined]
     results: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="flannel-guard-storm-") as tmp:
@@ -357,7 +374,8 @@ def main() -> None:
         print(f"{name:48s} measured {measured:>9s}  target {target:>9s}  {'met' if met else 'NOT MET'}")
     OUT.mkdir(exist_ok=True)
     (OUT / "storm.json").write_text(json.dumps({"order": args.order, "cluster_cidr": CLUSTER,
-                                                "storms": results, "outage": late}, indent=2))
+                                                "api_ms": args.api_ms, "storms": results, "outage": late},
+                                               indent=2))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ Never the same CIDR twice, across replicas: a reservation is one
 name derived from the CIDR (:func:`lease_name`). Creating a Lease that exists
 answers 409 in the API server itself (etcd's create-if-absent), so of two
 replicas racing for one CIDR exactly one wins; the other reads the Lease, and
-moves on to the next candidate unless the Lease is for the same node (a retried
-admission: the same CIDR comes back). No in-process lock is trusted across
+moves away (:mod:`webhook.core.spread`) unless the Lease is for the same node (a
+retried admission: the same CIDR comes back). No in-process lock is trusted across
 replicas; the in-process lock only keeps this replica's own choices in order.
 
 Reservations are short-lived: once older than the grace period a Lease is
