@@ -80,3 +80,12 @@ def test_help_promises_only_what_each_command_does():
     check = commands["check"].format_help()
     assert "kube-controller-manager's flag when it can be read" not in " ".join(check.split())
     assert "::1" in commands["certs"].format_help()
+
+
+def test_certs_into_a_directory_that_cannot_be_made_says_so_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for flags in ([], ["--dev"]):
+        assert main(["certs", *flags, "--out", str(blocker / "certs")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"flannel-guard certs: --out {blocker / 'certs'}: ") and err.count("\n") == 1

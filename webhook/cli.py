@@ -293,13 +293,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_certs(args: argparse.Namespace) -> int:
     from webhook.service import certs
 
-    if args.dev:
-        written = certs.ensure_dev_certs(args.out, service=args.service, namespace=args.namespace)
-        print(f"{'wrote' if written else 'kept'} development certificates in {args.out}/")
-        return EXIT_OK
-    bundle = certs.generate(args.service, args.namespace, days=args.days,
-                            extra_dns=args.dns, extra_ips=args.ip)
-    for path in certs.write_bundle(bundle, args.out):
+    try:
+        if args.dev:
+            written = certs.ensure_dev_certs(args.out, service=args.service, namespace=args.namespace)
+            print(f"{'wrote' if written else 'kept'} development certificates in {args.out}/")
+            return EXIT_OK
+        bundle = certs.generate(args.service, args.namespace, days=args.days,
+                                extra_dns=args.dns, extra_ips=args.ip)
+        paths = certs.write_bundle(bundle, args.out)
+    except OSError as e:  # an --out that cannot be written: one line, exit 2
+        raise UsageError(f"--out {args.out}: {e.strerror or e}") from None
+    for path in paths:
         print(path)
     return EXIT_OK
 
@@ -354,14 +358,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _api_problem(kubeconfig: Path | None, in_cluster: bool) -> str | None:
     """Why no API client can be made from these flags (one line), or None."""
     from webhook.kube.cluster import api_client
-
     try:
         api_client(kubeconfig, in_cluster).close()
     except Exception as e:  # kubernetes.config raises ConfigException, OSError, yaml and key errors
-        why = " ".join(str(e).split())[:200]
-        where = ("--in-cluster: not in a pod (no service account)" if in_cluster
-                 else f"--kubeconfig {kubeconfig}")
-        return f"{where}: {type(e).__name__}: {why}"
+        where = "--in-cluster: not in a pod" if in_cluster else f"--kubeconfig {kubeconfig}"
+        return f"{where}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
     return None
 
 
