@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from webhook.control.allocator import Allocator, MemoryStore
 from webhook.core.claims import Claim
 from webhook.core.nodeindex import NodeCidrIndex
-from webhook.core.spread import jump_index, start_index
+from webhook.core.spread import Walks, jump_index, start_index
 from webhook.service.metrics import MUTATE_CLAIM_OUTCOMES, Metrics
 
 N = ipaddress.ip_network
@@ -200,3 +200,37 @@ def test_the_mutate_claims_counter_exports_every_outcome_from_the_start():
                             if line.startswith(f'flannel_guard_mutate_claims_total{{outcome="{o}"}}')))
               for o in MUTATE_CLAIM_OUTCOMES}
     assert values == {"claimed": 2.0, "renewed": 0.0, "lost": 1.0, "unavailable": 0.0}
+
+
+def test_the_leading_replica_walks_in_kube_controller_managers_order_and_a_follower_its_own():
+    follows = [False]
+    identity = "replica-b"
+    alloc = Allocator([N("10.244.0.0/20")], index=NodeCidrIndex(), store=MemoryStore(),
+                      identity=identity, follower=lambda: follows[0])
+    base = int(N("10.244.0.0/20").network_address)
+
+    def block() -> int:
+        return (int(asyncio.run(alloc.assign(f"n{block.calls}"))[0].network_address) - base) >> 8
+    block.calls = 0  # type: ignore[attr-defined]
+
+    def next_block() -> int:
+        block.calls += 1  # type: ignore[attr-defined]
+        return block()
+
+    start = start_index(identity, 16)
+    assert start not in (0, 1, 2)
+    assert [next_block(), next_block()] == [0, 1]            # leading (or alone): from block 0
+    follows[0] = True
+    assert [next_block(), next_block()] == [start, start + 1]  # another leads: its own region
+    follows[0] = False
+    assert next_block() == 2                                 # leading again: where that walk stopped
+
+
+def test_walks_keep_each_place_and_ignore_an_empty_identity():
+    walks = Walks("r")
+    assert walks.switch(4, 16, 0, own=False) is None
+    assert walks.switch(4, 16, 3, own=True) == start_index("r", 16)
+    assert walks.switch(4, 16, 9, own=False) == 3
+    assert walks.switch(4, 16, 4, own=True) == 9
+    assert walks.switch(6, 16, 0, own=False) is None        # each family on its own
+    assert Walks("").switch(4, 16, 5, own=True) is None     # no identity: one walk only

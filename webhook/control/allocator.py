@@ -37,7 +37,7 @@ from webhook.core.claimpolicy import LEASE_PREFIX, lease_name, renewable
 from webhook.core.claims import Claim, ClaimBook
 from webhook.core.dualstack import DualStackAllocator
 from webhook.core.nodeindex import NodeCidrIndex
-from webhook.core.spread import jump_index, start_index
+from webhook.core.spread import Walks, jump_index
 
 if TYPE_CHECKING:
     from webhook.control.pending import PendingClaims
@@ -164,10 +164,10 @@ class Allocator:
     The free sets follow two sources: the stored Nodes (``index``) and the claims
     known to this replica (``store.book``); a CIDR is free only when neither holds it.
 
-    Candidates come in next-fit order from a pointer that starts at an offset derived
-    from ``identity`` and jumps away from another replica's front at a lost race
-    (:mod:`webhook.core.spread`, issue 26). ``order`` (a class attribute, for the
-    benchmark) selects ``next-fit`` alone, ``jump`` alone, or both (``spread``).
+    Candidates come in next-fit order; while ``follower()`` (another replica leads) from this
+    replica's own region, an offset derived from ``identity``, and a lost race jumps away from
+    the other's front (:mod:`webhook.core.spread`, issue 26). ``order`` (a class attribute, for
+    the benchmark) selects ``next-fit`` alone, ``jump`` alone, or both (``spread``).
     """
 
     order = "spread"
@@ -185,11 +185,11 @@ class Allocator:
         service_ranges: Sequence[IPNetwork] = (),
         pending: PendingClaims | None = None,
         identity: str = "",
+        follower: Callable[[], bool] | None = None,
     ) -> None:
         self._alloc = DualStackAllocator.from_index(cluster_cidr, index, mask_v4=mask_v4, mask_v6=mask_v6)
-        if self.order == "spread":
-            for s in self._alloc.sets:
-                s.rewind(s.cidr_at(start_index(identity, s.capacity)))
+        # Another replica leads: walk this replica's own region (None: always, given an identity).
+        self._walks, self._follower = Walks(identity), follower or (lambda: True)
         # Jumps made per family: a race lost by a claim taken before the last jump is the same
         # meeting of fronts, not a new one (a burst loses several in flight at once).
         self._jumps: dict[int, int] = {}
@@ -290,7 +290,7 @@ class Allocator:
             return self.preview(node)
         running = self._inflight.get(node)
         if running is None:
-            running = asyncio.ensure_future(self._assign(node, report or _ignore))
+            running = asyncio.ensure_future(self._assign(node, report or (lambda _: None)))
             self._inflight[node] = running
             running.add_done_callback(lambda _: self._inflight.pop(node, None))
         return await asyncio.shield(running)
@@ -345,6 +345,9 @@ class Allocator:
 
     async def _claim_one(self, s: CidrSet, node: str, report: Callable[[str], None]) -> IPNetwork:
         family = s.cluster.version
+        own = self.order == "spread" and self._follower()
+        if (target := self._walks.switch(family, s.capacity, s.next_candidate, own)) is not None:
+            s.rewind(s.cidr_at(target))
         while True:
             # Pick and take with no await in between: concurrent assignments never pick the same.
             candidate = next(iter(s.candidates()), None)
@@ -375,10 +378,6 @@ class Allocator:
     async def reclaim(self) -> list[Reservation]:
         """Delete claims older than the grace period (:func:`reclaim_expired`)."""
         return await reclaim_expired(self._store, self._index, self._grace, self._clock())
-
-
-def _ignore(_outcome: str) -> None:  # no one counts the outcomes (the assigning loop, tests)
-    pass
 
 
 async def reclaim_expired(store: ClaimStore, index: NodeCidrIndex, grace: float,

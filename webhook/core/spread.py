@@ -22,7 +22,7 @@ import hashlib
 import itertools
 from collections.abc import Sequence
 
-__all__ = ["jump_index", "start_index"]
+__all__ = ["Walks", "jump_index", "start_index"]
 
 
 def start_index(identity: str, capacity: int) -> int:
@@ -61,3 +61,29 @@ def jump_index(occupied: Sequence[tuple[int, int]], capacity: int) -> int | None
     if best_len <= 0:
         return None
     return (best_start + best_len // 2) % capacity
+
+
+class Walks:
+    """Where this replica's two walks of each IP family's blocks stand (issue 26).
+
+    The replica that leads (or that knows of no other) walks in kube-controller-manager's
+    order, from block 0; a replica that follows another walks its own region, from
+    :func:`start_index`. Each walk keeps its place while the other is in use, so that a
+    replica that takes over the lead goes on where the leading walk stopped.
+    """
+
+    def __init__(self, identity: str) -> None:
+        self._identity = identity
+        self._own: dict[int, bool] = {}  # family -> walking its own region now
+        self._saved: dict[tuple[int, bool], int] = {}
+
+    def switch(self, family: int, capacity: int, pointer: int, own: bool) -> int | None:
+        """The index to point the family's set at, when its walk changes to ``own`` (or back),
+        given the set's ``pointer`` now; None when the walk stays the same."""
+        own = own and bool(self._identity)
+        current = self._own.get(family, False)
+        if own == current:
+            return None
+        self._saved[(family, current)] = pointer
+        self._own[family] = own
+        return self._saved.get((family, own), start_index(self._identity, capacity) if own else 0)

@@ -54,6 +54,14 @@ class LeaderElector:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
         self.terms = 0
+        self._election: Any = None
+
+    def follows(self) -> bool:
+        """Whether another replica held the leader Lease when it was last read (issue 26: this
+        replica then looks for free blocks in its own region of the range)."""
+        record = getattr(self._election, "observed_record", None)
+        holder = getattr(record, "holder_identity", None)
+        return bool(holder) and holder != self.identity
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -84,7 +92,8 @@ class LeaderElector:
 
             config: Any = electionconfig.Config(lock, duration, deadline, retry, started, stopped)
             try:
-                leaderelection.LeaderElection(config).run()
+                self._election = leaderelection.LeaderElection(config)
+                self._election.run()
             except Exception:  # the library's own errors: campaign again after a pause
                 log.exception("leader election failed")
             self._set(False)

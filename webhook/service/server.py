@@ -207,6 +207,9 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         probe = build_probe_server(settings, state, app.state.metrics)
         probe_task = asyncio.create_task(probe.serve())
 
+    # Whether another replica leads (the elector, once it runs): this one then walks its own region.
+    follows: list[Callable[[], bool]] = [lambda: False]
+
     def ensure_allocator() -> None:
         """Mutating mode needs a known cluster-cidr; allocate from the current one.
 
@@ -226,7 +229,10 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
                 allocator = Allocator(wanted, index=state.index, store=store, mask_v4=state.mask_v4,
                                       mask_v6=state.mask_v6, grace=settings.reservation_grace,
                                       service_ranges=state.service_ranges, pending=pending,
-                                      identity=_identity())
+                                      # One process holds standalone's claims: no replica to
+                                      # keep apart, kube-controller-manager's order from 0.
+                                      identity="" if settings.standalone else _identity(),
+                                      follower=lambda: follows[0]())
                 allocator.key = key  # type: ignore[attr-defined]
                 app.state.allocator = allocator
             except ValueError as e:  # a mask the range cannot hold: say so, allocate nothing
@@ -253,6 +259,7 @@ async def serve(settings: Settings, *, cidr_source: str) -> None:
         elector = LeaderElector(api, settings.namespace, _identity(), lease_duration=duration,
                                 renew_deadline=max(2, duration * 2 // 3), retry_period=max(1, duration // 5))
         elector.start()
+        follows[0] = elector.follows
         stoppers.append(elector.stop)
         assigner = Assigner(api, state, lambda: app.state.allocator, events=app.state.events,
                             enabled=lambda: settings.allocate and not state.kcm_allocates)
