@@ -6,7 +6,7 @@ holding a cluster broken as the field reports are (../README.md, "What it checks
 - kube-controller-manager and kubeadm moved to 172.18.0.0/16 while flannel's ``Network`` and
   kube-proxy's ``clusterCIDR`` still say 10.244.0.0/16; every flannel pod crash-loops with
   ``subnet "10.244.0.0/16" specified in the flannel net config doesn't contain ... PodCIDR``;
-- two nodes share one podCIDR (a hand patch), one node has the whole range (flannel#1549);
+- two nodes share one podCIDR (a hand patch, flannel#1549), one has a /25 where nodes get /24s;
 - ``SubnetLen`` in net-conf.json, which kube mode ignores (flannel#847).
 
 Then runs ``flannel-guard doctor`` and ``doctor --html OUT`` against it, as a user would, and
@@ -37,7 +37,7 @@ NOT_CONTAINED = ('main.go:343] Error registering network: failed to acquire leas
                  ' "10.244.0.0/16" specified in the flannel net config doesn\'t contain "{cidr}" PodCIDR'
                  ' of the "{node}" node')
 NODES = {"cp1": "172.18.0.0/24", "worker-1": "172.18.1.0/24", "worker-2": "172.18.2.0/24",
-         "worker-3": "172.18.2.0/24", "worker-4": "172.18.0.0/16", "worker-5": "172.18.5.0/24"}
+         "worker-3": "172.18.2.0/24", "worker-4": "172.18.4.0/25", "worker-5": "172.18.5.0/24"}
 
 
 async def broken_cluster(api: DoctorKubeApi) -> None:
