@@ -523,3 +523,21 @@ def test_the_server_loads_only_the_kubernetes_subpackages_it_uses() -> None:
     code = "import kubernetes, webhook.kube, sys; print(sys.modules['kubernetes'].__version__)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=120).stdout.strip()
+
+
+def test_the_outside_note_offers_setting_the_range_back_before_moving_nodes() -> None:
+    # Issue 24: when the cluster-cidr changed by mistake the nodes are right; the note on every
+    # response must not send the operator to drain healthy nodes first.
+    from webhook.core.cidr import parse_cidr_list
+    from webhook.core.nodeindex import NodeCidrIndex
+
+    index = NodeCidrIndex()
+    index.set("n1", parse_cidr_list("10.244.1.0/24"))
+    index.set("n2", parse_cidr_list("172.18.1.0/24"))
+    state = ClusterState(cluster_cidr=parse_cidr_list("172.18.0.0/16"), cidr_source="test", index=index)
+    note = state.outside_note()
+    assert note is not None and note.startswith("1 node podCIDR(s) outside the cluster-cidr 172.18.0.0/16")
+    assert "n1 (10.244.1.0/24)" in note
+    assert note.index("set it back") < note.index("drain and re-register")
+    state.cluster_cidr = parse_cidr_list("0.0.0.0/0")
+    assert state.outside_note() is None

@@ -107,7 +107,7 @@ class ClusterState:
         """Nodes whose podCIDRs lie outside the cluster-cidr (it changed): they keep them.
 
         A set podCIDR never changes (the API server refuses it), so nothing reassigns them;
-        this says so on every response until they are drained and re-registered.
+        this says so on every response until the range or the nodes are put right.
         """
         if not self.cluster_cidr or not len(self.index):
             return None
@@ -116,8 +116,10 @@ class ClusterState:
             return None
         named = ", ".join(f"{n[:60]} ({c})" for n, c in sample)
         cidr = ",".join(map(str, self.cluster_cidr))
-        return (f"{count} node podCIDR(s) outside the cluster-cidr {cidr}, e.g. {named}; they keep"
-                " them (drain and re-register those nodes to move them)")[:240]
+        # Cause before cure (issue 24): when the range changed by mistake, the nodes are right.
+        return (f"{count} node podCIDR(s) outside the cluster-cidr {cidr}, e.g. {named}; if the"
+                " cluster-cidr changed by mistake, set it back (flannel-guard doctor names the source),"
+                " else drain and re-register those nodes")[:300]
 
     def set_unassigned(self, names: set[str]) -> None:
         self.unassigned = names
