@@ -165,6 +165,11 @@ def test_doctor_on_k3s_finds_the_cluster_cidr_and_knows_flannel_is_embedded():
     assert "k3s embeds flannel: its net-conf.json is a file on each node" in notes
     assert "no flannel pods found" not in notes and "k3s runs flannel inside the k3s process" in notes
     assert "kube-controller-manager runs inside k3s" in notes and "allocates node CIDRs" in notes
+    # The allocation line reads the embedded kube-controller-manager's flags, not "no pod found".
+    from webhook.doctor.text_report import render_text
+
+    assert report.controller_manager_found and report.allocate_node_cidrs is True
+    assert "kube-controller-manager allocates node CIDRs: yes" in render_text(report)
 
 
 def test_doctor_on_two_k3s_servers_that_disagree_names_the_config_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+from webhook.core.discovery import SourceKind
 from webhook.core.rules.findings import RuleSettings
 from webhook.doctor.addrspace import address_space
 from webhook.doctor.facts import ClusterFacts
@@ -66,7 +67,9 @@ def diagnose(facts: ClusterFacts, settings: RuleSettings | None = None, *,
         cluster_cidr_origin=ctx.origin,
         agree=facts.resolution.agree,
         sources=tuple(cidr.sources(ctx)),
-        controller_manager_found=ctx.kcm_found,
+        # k3s/RKE2 run kube-controller-manager inside the server: its node-args are its flags.
+        controller_manager_found=ctx.kcm_found or any(s.kind is SourceKind.NODE_ARGS
+                                                      for s in facts.resolution.sources),
         allocate_node_cidrs=facts.resolution.allocate_node_cidrs,
         mask_v4=facts.resolution.mask_v4,
         mask_v6=facts.resolution.mask_v6,
