@@ -44,6 +44,23 @@ def test_serve_without_a_usable_api_says_so_in_one_line(dev_certs, source, said)
     assert r.stderr.startswith("flannel-guard serve: cannot reach the Kubernetes API: ") and said in r.stderr
 
 
+def test_serve_on_a_port_in_use_says_so_in_one_line(dev_certs):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "webhook", "serve", "--standalone", "--host", "127.0.0.1",
+             "--port", str(port), "--tls-cert", str(dev_certs / "tls.crt"),
+             "--tls-key", str(dev_certs / "tls.key")],
+            capture_output=True, text=True, env=_env_outside_a_pod(), check=False, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == f"flannel-guard serve: 127.0.0.1:{port} is already in use (another flannel-guard," \
+                       " or --port/--probe-port)\n"
+
+
 def test_check_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path):
     items = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"n{i}"},
               "spec": {"podCIDR": "10.99.0.0/24"}} for i in range(3000)]

@@ -327,11 +327,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"flannel-guard serve: cannot serve --tls-cert {args.tls_cert} with --tls-key"
               f" {args.tls_key}: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    if not standalone:
-        problem = _api_problem(args.kubeconfig, args.in_cluster)
-        if problem is not None:
-            print(f"flannel-guard serve: cannot reach the Kubernetes API: {problem}", file=sys.stderr)
-            return EXIT_USAGE
+    from webhook.service.preflight import serve_problem
+
+    problem = serve_problem(args.host, (args.port, args.probe_port), None if standalone else
+                            (args.kubeconfig, args.in_cluster))
+    if problem is not None:
+        print(f"flannel-guard serve: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     settings = Settings(
         host=args.host, port=args.port, probe_port=args.probe_port,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -353,17 +355,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         source = "not discovered yet"
     asyncio.run(serve(settings, cidr_source=source))
     return EXIT_OK
-
-
-def _api_problem(kubeconfig: Path | None, in_cluster: bool) -> str | None:
-    """Why no API client can be made from these flags (one line), or None."""
-    from webhook.kube.cluster import api_client
-    try:
-        api_client(kubeconfig, in_cluster).close()
-    except Exception as e:  # kubernetes.config raises ConfigException, OSError, yaml and key errors
-        where = "--in-cluster: not in a pod" if in_cluster else f"--kubeconfig {kubeconfig}"
-        return f"{where}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
