@@ -8,7 +8,8 @@ that the storm measures each design of issue 26 in the same run and on the same 
   (what flannel-guard did before issue 26);
 * ``jump``: next-fit, and a replica that loses a race moves its pointer to the middle of the
   largest free run it knows of;
-* ``spread``: the shipped order: the pointer starts at an offset derived from the replica's
+* ``spread``: the shipped order: the replica that leads (or knows of no other) walks from 0 as
+  kube-controller-manager does, one that sees another lead walks from an offset derived from its
   identity, and a lost race jumps as in ``jump``.
 """
 

@@ -234,3 +234,22 @@ def test_walks_keep_each_place_and_ignore_an_empty_identity():
     assert walks.switch(4, 16, 4, own=True) == 9
     assert walks.switch(6, 16, 0, own=False) is None        # each family on its own
     assert Walks("").switch(4, 16, 5, own=True) is None     # no identity: one walk only
+
+
+def test_a_replica_follows_only_while_another_holds_the_leader_lease():
+    from types import SimpleNamespace
+
+    from webhook.kube.leader import LeaderElector
+
+    elector = LeaderElector.__new__(LeaderElector)
+    elector.identity = "me"
+    elector._election = None
+    assert not elector.follows()  # not campaigning yet: no other replica known
+    elector._election = SimpleNamespace(observed_record=None)
+    assert not elector.follows()
+    elector._election = SimpleNamespace(observed_record=SimpleNamespace(holder_identity="me"))
+    assert not elector.follows()  # leading
+    elector._election = SimpleNamespace(observed_record=SimpleNamespace(holder_identity="other"))
+    assert elector.follows()
+    elector._election = SimpleNamespace(observed_record=SimpleNamespace(holder_identity=""))
+    assert not elector.follows()  # released
