@@ -28,7 +28,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -721,7 +721,8 @@ class FakeKubeApi:
                     return aiohttp.web.json_response(gone, status=410)
                 at = int(rv)
             else:
-                snapshot, at = list(self.nodes.values()), self._rv
+                wanted = _label_selector(request.query.get("labelSelector", ""))
+                snapshot, at = [n for n in self.nodes.values() if wanted(n)], self._rv
             end = start + limit if limit else len(snapshot)
             meta: dict[str, Any] = {"resourceVersion": str(at)}
             if end < len(snapshot):
@@ -734,6 +735,7 @@ class FakeKubeApi:
         return aiohttp.web.json_response(body)
 
     async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        wanted = _label_selector(request.query.get("labelSelector", ""))
         start = int(request.query.get("resourceVersion") or 0)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         gone = self._status(410, "Expired", f"too old resource version: {start} ({self._compacted})")
@@ -757,7 +759,7 @@ class FakeKubeApi:
         try:
             if not start:  # resourceVersion unset or "0": synthetic ADDED for what exists
                 async with self._cond:
-                    initial = [copy.deepcopy(n) for n in self.nodes.values()]
+                    initial = [copy.deepcopy(n) for n in self.nodes.values() if wanted(n)]
                     start = self._rv
                 for obj in initial:
                     await send({"type": "ADDED", "object": obj})
@@ -779,7 +781,8 @@ class FakeKubeApi:
                             "message": f"too old resource version: {start} ({self._compacted})"}})
                     break
                 for event in pending:
-                    await send(event.body)
+                    if event.body["type"] == "BOOKMARK" or wanted(event.body["object"]):
+                        await send(event.body)
                     seq = event.seq
             await resp.write_eof()
         except (ConnectionError, RuntimeError):
@@ -852,3 +855,29 @@ class FakeKubeApi:
         body.setdefault("metadata", {}).update({"namespace": key[1], "name": key[2]})
         await self.put_object(key[0], body)
         return aiohttp.web.json_response(self.objects[key])
+
+
+def _label_selector(selector: str) -> Callable[[dict[str, Any]], bool]:
+    """A label selector's equality and existence terms (``k``, ``!k``, ``k=v``, ``k==v``, ``k!=v``),
+    as the API server filters a list or a watch by it (a Node's labels)."""
+    terms = [s.strip() for s in selector.split(",") if s.strip()]
+
+    def matches(obj: dict[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for term in terms:
+            if "!=" in term:
+                key, value = term.split("!=", 1)
+                if labels.get(key) == value:
+                    return False
+            elif "=" in term:
+                key, value = term.replace("==", "=").split("=", 1)
+                if labels.get(key) != value:
+                    return False
+            elif term.startswith("!"):
+                if term[1:] in labels:
+                    return False
+            elif term not in labels:
+                return False
+        return True
+
+    return matches

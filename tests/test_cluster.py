@@ -541,3 +541,35 @@ def test_the_outside_note_offers_setting_the_range_back_before_moving_nodes() ->
     assert note.index("set it back") < note.index("drain and re-register")
     state.cluster_cidr = parse_cidr_list("0.0.0.0/0")
     assert state.outside_note() is None
+
+
+def test_the_emulated_api_filters_node_lists_and_watches_by_label_selector() -> None:
+    # As the API server does: the k3s/RKE2 server watch (node-role.kubernetes.io/control-plane)
+    # must not hear every joining Node.
+    import httpx
+    from kube_emulator import ApiThread
+
+    api = ApiThread()
+    try:
+        server = {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": "cp", "labels": {"node-role.kubernetes.io/control-plane": "true"}}, "spec": {}}
+        api.call(api.api.put_node(server))
+        worker = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w"}, "spec": {}}
+        api.call(api.api.put_node(worker))
+        base = f"{api.api.url}/api/v1/nodes"
+
+        def names(selector: str) -> list[str]:
+            got = httpx.get(base, params={"labelSelector": selector}, timeout=10).json()
+            return [n["metadata"]["name"] for n in got["items"]]
+
+        assert names("node-role.kubernetes.io/control-plane") == ["cp"]
+        assert names("!node-role.kubernetes.io/control-plane") == ["w"]
+        assert names("node-role.kubernetes.io/control-plane=true") == ["cp"]
+        assert names("") == ["cp", "w"]
+        with httpx.stream("GET", base, params={"watch": "true", "timeoutSeconds": "1",
+                                               "labelSelector": "node-role.kubernetes.io/control-plane"},
+                          timeout=10) as r:
+            events = [line for line in r.iter_lines() if line]
+        assert len(events) == 1 and '"cp"' in events[0]
+    finally:
+        api.close()
