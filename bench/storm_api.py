@@ -2,9 +2,9 @@
 
 :class:`StormApi` is :class:`run.BenchApi` (tests/kube_emulator.py's ``FakeKubeApi``) that
 counts the podCIDR Lease writes and the creates that lost a race, can delay each Lease write
-and read (``--api-ms``), accepts a Node POST (a kubelet registering), and fixes two costs of
-the emulator that are not the API server's: a Node list or watch with a ``labelSelector`` gets
-only what it selects, and each watch stream sends each event once from where it is.
+and read (``--api-ms``), accepts a Node POST (a kubelet registering), and fixes a cost of the
+emulator that is not the API server's: each watch stream sends each event once from where it is.
+(Label selectors on Node lists and watches are the emulator's own now.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH.parent / "tests"), str(BENCH)]
 
 import aiohttp.web  # noqa: E402
-from kube_emulator import ApiThread  # noqa: E402
+from kube_emulator import ApiThread, label_selector_matcher  # noqa: E402
 from run import BenchApi  # noqa: E402
 
 __all__ = ["StormApi", "StormApiThread"]
@@ -57,28 +57,9 @@ class StormApi(BenchApi):
         await self._slow()
         return await super()._lease_get(request)
 
-    async def _nodes(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        """A Node list or watch with a ``labelSelector`` gets only the Nodes it selects, as from the
-        API server (the emulator's own ignores it: a k3s/RKE2 server watch would then get every
-        joining Node and resolve the cluster-cidr again over all of them, at each one)."""
-        selector = request.query.get("labelSelector")
-        if not selector:
-            return await super()._nodes(request)
-        wanted = [part.partition("=")[::2] for part in selector.split(",")]
-
-        def matches(obj: dict[str, Any]) -> bool:
-            labels = (obj.get("metadata") or {}).get("labels") or {}
-            return all((labels.get(k) == v) if v else k in labels for k, v in wanted)
-
-        if request.query.get("watch") in ("true", "1"):
-            return await self._watch_objects(request, matches, self._history,
-                                             lambda: list(self.nodes.values()))
-        items = [n for n in self.nodes.values() if matches(n)]
-        return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NodeList",
-                                          "metadata": {"resourceVersion": str(self._rv)}, "items": items})
-
     async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        return await self._stream(request, self._history, lambda _: True, lambda: list(self.nodes.values()))
+        wanted = label_selector_matcher(request.query.get("labelSelector", ""))
+        return await self._stream(request, self._history, wanted, lambda: list(self.nodes.values()))
 
     async def _watch_objects(self, request: aiohttp.web.Request, matches: Any, history: list[Any],
                              current: Any) -> aiohttp.web.StreamResponse:

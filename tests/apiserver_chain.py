@@ -404,8 +404,7 @@ class AdmittingApi(FakeKubeApi):
         name = request.match_info["name"]
         patch = await request.json()
         if name not in self.nodes:
-            return aiohttp.web.json_response(self._status(404, "NotFound", f'nodes "{name}" not found'),
-                                             status=404)
+            return self._node_not_found(name)
         old = copy.deepcopy(self.nodes[name])
         new = _merge(old, patch)
         assert self.chain is not None

@@ -505,8 +505,7 @@ class FakeKubeApi:
         name = request.match_info["name"]
         patch = await request.json()
         if name not in self.nodes:
-            return aiohttp.web.json_response(self._status(404, "NotFound", f'nodes "{name}" not found'),
-                                             status=404)
+            return self._node_not_found(name)
         current = copy.deepcopy(self.nodes[name])
         spec = current.setdefault("spec", {})
         new = (patch or {}).get("spec") or {}
@@ -518,6 +517,10 @@ class FakeKubeApi:
         self.patches.append((name, new))
         await self.put_node(current)
         return aiohttp.web.json_response(self.nodes[name])
+
+    def _node_not_found(self, name: str) -> aiohttp.web.StreamResponse:
+        missing = self._status(404, "NotFound", f'nodes "{name}" not found')
+        return aiohttp.web.json_response(missing, status=404)
 
     async def _event_create(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         self._seen(request)
@@ -721,7 +724,7 @@ class FakeKubeApi:
                     return aiohttp.web.json_response(gone, status=410)
                 at = int(rv)
             else:
-                wanted = _label_selector(request.query.get("labelSelector", ""))
+                wanted = label_selector_matcher(request.query.get("labelSelector", ""))
                 snapshot, at = [n for n in self.nodes.values() if wanted(n)], self._rv
             end = start + limit if limit else len(snapshot)
             meta: dict[str, Any] = {"resourceVersion": str(at)}
@@ -735,7 +738,7 @@ class FakeKubeApi:
         return aiohttp.web.json_response(body)
 
     async def _watch(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
-        wanted = _label_selector(request.query.get("labelSelector", ""))
+        wanted = label_selector_matcher(request.query.get("labelSelector", ""))
         start = int(request.query.get("resourceVersion") or 0)
         timeout = float(request.query.get("timeoutSeconds") or 1800)
         gone = self._status(410, "Expired", f"too old resource version: {start} ({self._compacted})")
@@ -857,7 +860,7 @@ class FakeKubeApi:
         return aiohttp.web.json_response(self.objects[key])
 
 
-def _label_selector(selector: str) -> Callable[[dict[str, Any]], bool]:
+def label_selector_matcher(selector: str) -> Callable[[dict[str, Any]], bool]:
     """A label selector's equality and existence terms (``k``, ``!k``, ``k=v``, ``k==v``, ``k!=v``),
     as the API server filters a list or a watch by it (a Node's labels)."""
     terms = [s.strip() for s in selector.split(",") if s.strip()]
